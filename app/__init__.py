@@ -1,0 +1,1 @@
+"""belle.app: the chat engine, conversation store, CLI and UI. Never imports torch."""

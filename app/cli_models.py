@@ -1,0 +1,124 @@
+"""`belle models`: list, inspect, pull, import, remove and choose the default model."""
+
+import sys
+
+from tqdm import tqdm
+
+from . import models
+from .catalog import load_catalog
+from .config import load_config, save_config
+from .gguf_info import estimate_ram, human_bytes, read_model_info
+from .memory import check_fit
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("models", help="list, inspect, download and import models")
+    msub = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    msub.add_parser("list", help="catalog and local models").set_defaults(func=cmd_list)
+    info = msub.add_parser("info", help="read a GGUF file's metadata and estimate its RAM")
+    info.add_argument("model", nargs="?", help="path, catalog id or local file name (default: the default model)")
+    info.add_argument("--ctx", type=int, default=4096, help="context size for the RAM estimate")
+    info.set_defaults(func=cmd_info)
+    pull = msub.add_parser("pull", help="download a catalog model and verify it")
+    pull.add_argument("id")
+    pull.set_defaults(func=cmd_pull)
+    imp = msub.add_parser("import", help="check a GGUF file and copy it into the models folder")
+    imp.add_argument("path")
+    imp.add_argument("--force", action="store_true", help="replace a model with the same file name")
+    imp.set_defaults(func=cmd_import)
+    rm = msub.add_parser("rm", help="delete a downloaded or imported model")
+    rm.add_argument("model")
+    rm.set_defaults(func=cmd_rm)
+    default = msub.add_parser("default", help="show or set the model used when --model is not given")
+    default.add_argument("model", nargs="?")
+    default.set_defaults(func=cmd_default)
+
+
+def _bar(desc: str):
+    bar = tqdm(total=0, unit="B", unit_scale=True, desc=desc, disable=not sys.stderr.isatty(), leave=False)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return bar, update
+
+
+def cmd_list(args) -> int:
+    catalog = load_catalog()
+    local = {m.path.name: m for m in models.list_local()}
+    default = models.default_model_id()
+    rows = [("", "ID", "SIZE", "LANG", "LICENSE", "STATUS")]
+    for e in catalog.entries:
+        status = "downloaded" if e.file in local else "-"
+        rows.append(("*" if e.id == default else "", e.id, human_bytes(e.size) if e.size else "?", ",".join(e.languages),
+                     e.license, status))
+    for name, m in local.items():
+        if m.entry is None:
+            rows.append(("*" if name == default else "", name, human_bytes(m.size), "", "", "imported"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def cmd_info(args) -> int:
+    path = models.resolve(args.model)
+    info = read_model_info(path)
+    est = estimate_ram(info, args.ctx)
+    fit = check_fit(info, args.ctx)
+    types = ", ".join(f"{k} x{v}" for k, v in sorted(info.tensor_types.items(), key=lambda kv: -kv[1]))
+    print(f"file:           {info.path}")
+    print(f"file size:      {human_bytes(info.file_size)} ({info.file_size:,} bytes)")
+    print(f"name:           {info.name}")
+    print(f"architecture:   {info.architecture}")
+    print(f"parameters:     {info.n_params:,} ({info.n_params / 1e9:.2f} B)")
+    print(f"layers:         {info.n_layers}")
+    print(f"context length: {info.n_ctx_train} (trained)")
+    print(f"heads:          {info.n_head} (KV {info.n_head_kv}), embedding {info.n_embd}, vocab {info.n_vocab}")
+    print(f"tensor types:   {types}")
+    print(f"chat template:  {'present' if info.chat_template else 'none (the BELLE template will be used)'}")
+    print(f"RAM at n_ctx {args.ctx}: ~{human_bytes(est.total)} (weights {human_bytes(est.weights)} + KV cache "
+          f"{human_bytes(est.kv_cache)} + compute {human_bytes(est.compute)}); "
+          f"{human_bytes(fit.available)} free: {fit.verdict.replace('_', ' ')}")
+    return 0
+
+
+def cmd_pull(args) -> int:
+    entry = load_catalog().get(args.id)
+    bar, update = _bar(entry.id)
+    try:
+        path = models.pull(entry.id, progress=update)
+    finally:
+        bar.close()
+    print(f"{entry.id}: {path}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    bar, update = _bar("import")
+    try:
+        path = models.import_model(args.path, progress=update, force=args.force)
+    finally:
+        bar.close()
+    print(f"imported: {path}")
+    return 0
+
+
+def cmd_rm(args) -> int:
+    path = models.remove(args.model)
+    print(f"removed: {path}")
+    return 0
+
+
+def cmd_default(args) -> int:
+    if not args.model:
+        print(models.default_model_id())
+        return 0
+    models.resolve(args.model)  # must exist before it becomes the default
+    config = load_config()
+    config.default_model = args.model
+    save_config(config)
+    print(f"default model: {args.model}")
+    return 0

@@ -1,0 +1,46 @@
+"""Will this model fit? Compares the estimate from gguf_info with the machine's free memory."""
+
+import sys
+from dataclasses import dataclass
+
+import psutil
+
+from .gguf_info import ModelInfo, RamEstimate, estimate_ram, human_bytes
+
+TIGHT_MARGIN = 0.8  # above 80% of available memory the OS starts paging on most machines
+
+
+@dataclass
+class FitCheck:
+    verdict: str  # "fits" | "tight" | "wont_fit"
+    estimate: RamEstimate
+    available: int
+
+    def message(self, name: str) -> str:
+        return (f"{name} needs about {human_bytes(self.estimate.total)} (weights {human_bytes(self.estimate.weights)}, "
+                f"KV cache {human_bytes(self.estimate.kv_cache)}, compute {human_bytes(self.estimate.compute)}) "
+                f"but {human_bytes(self.available)} is free")
+
+
+def available_memory() -> int:
+    return psutil.virtual_memory().available
+
+
+def check_fit(info: ModelInfo, n_ctx: int, available: int | None = None) -> FitCheck:
+    est = estimate_ram(info, n_ctx)
+    available = available_memory() if available is None else available
+    if est.total > available:
+        verdict = "wont_fit"
+    elif est.total > available * TIGHT_MARGIN:
+        verdict = "tight"
+    else:
+        verdict = "fits"
+    return FitCheck(verdict, est, available)
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024

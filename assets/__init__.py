@@ -1,0 +1,1 @@
+"""Files that ship with the app: model catalog, templates, fonts, icons, sample and calibration data."""

@@ -1,0 +1,1 @@
+"""belle.quantize: HF -> GGUF conversion, quantization and fidelity evaluation."""

@@ -1,0 +1,1 @@
+"""belle.training: fine-tuning on BELLE-style instruction data (transformers + peft)."""
