@@ -1,0 +1,78 @@
+"""Format facts for the quantize package, in one place (code imports these, never repeats them).
+
+Sources: llama.cpp `convert_hf_to_gguf.py`, `src/llama-vocab.cpp` (pre-tokenizer regexes),
+`src/llama-quant.cpp` (ftype recipes), `tools/imatrix/imatrix.cpp` (imatrix GGUF keys),
+`tools/perplexity/perplexity.cpp` (chunking), and gguf-py `constants.py`.
+"""
+
+from __future__ import annotations
+
+from gguf import GGMLQuantizationType, LlamaFileType
+
+# --- converter output types -------------------------------------------------------------------
+# outtype -> (tensor type for 2-D weights, general.file_type). 1-D tensors (norms, biases) stay F32,
+# as in convert_hf_to_gguf.py: llama.cpp's CPU kernels want F32 for them.
+OUTTYPES: dict[str, tuple[GGMLQuantizationType, LlamaFileType]] = {
+    "f32": (GGMLQuantizationType.F32, LlamaFileType.ALL_F32),
+    "f16": (GGMLQuantizationType.F16, LlamaFileType.MOSTLY_F16),
+    "bf16": (GGMLQuantizationType.BF16, LlamaFileType.MOSTLY_BF16),
+}
+
+# --- llama.cpp quantizer recipes (llama_ftype values, llama.h) ---------------------------------
+QUANT_TYPES: dict[str, LlamaFileType] = {
+    "Q8_0": LlamaFileType.MOSTLY_Q8_0,
+    "Q6_K": LlamaFileType.MOSTLY_Q6_K,
+    "Q5_K_M": LlamaFileType.MOSTLY_Q5_K_M,
+    "Q4_K_M": LlamaFileType.MOSTLY_Q4_K_M,
+    "Q4_K_S": LlamaFileType.MOSTLY_Q4_K_S,
+    "Q4_0": LlamaFileType.MOSTLY_Q4_0,
+    "Q4_1": LlamaFileType.MOSTLY_Q4_1,
+    "Q3_K_M": LlamaFileType.MOSTLY_Q3_K_M,
+    "Q2_K": LlamaFileType.MOSTLY_Q2_K,
+}
+QUANT_METHODS = ("rtn", "imatrix")
+
+# --- tokenizer pre-tokenizers ------------------------------------------------------------------
+# llama.cpp picks its pre-tokenizer regexes from `tokenizer.ggml.pre`. convert_hf_to_gguf.py finds
+# the name by hashing the tokenization of a fixed text, which only works for tokenizers it has seen;
+# we instead read the pre-tokenizer that tokenizer.json declares and match it against the regexes
+# llama-vocab.cpp uses for each name. Keys are the Split regexes in order; "<bytelevel>" stands for
+# a ByteLevel pre-tokenizer with use_regex=True (GPT-2's own regex); "<digits>" for Digits(individual).
+GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+BLOOM_REGEX = r" ?[^(\s|[.,!?…。，、।۔،])]+"
+
+PRE_TOKENIZERS: dict[tuple[str, ...], str] = {
+    ("<bytelevel>",): "gpt2",
+    ("<digits>", "<bytelevel>"): "smollm",
+    (LLAMA3_REGEX, "<bytelevel-noregex>"): "llama-bpe",
+    (QWEN2_REGEX, "<bytelevel-noregex>"): "qwen2",
+    (BLOOM_REGEX, "<bytelevel-noregex>"): "bloom",
+}
+SENTENCEPIECE_PRE = "default"
+
+# --- chat templates ----------------------------------------------------------------------------
+# BELLE's published prompt format (BELLE README): "Human: {instruction} \n\nAssistant: {answer}".
+BELLE_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
+    "{% elif message['role'] == 'user' %}{{ 'Human: ' + message['content'] + ' \n\n' }}"
+    "{% else %}{{ 'Assistant: ' + message['content'] + eos_token + '\n\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}"
+)
+CHAT_TEMPLATES: dict[str, str] = {"belle": BELLE_CHAT_TEMPLATE}
+
+# --- evaluation (tools/perplexity/perplexity.cpp) ----------------------------------------------
+PPL_CHUNK = 512  # llama.cpp's default n_ctx for perplexity; the first half of each chunk is context only
+
+# --- imatrix GGUF (tools/imatrix/imatrix.cpp, save_imatrix) -----------------------------------
+IMATRIX_TYPE = "imatrix"  # general.type
+IMATRIX_KEY_DATASETS = "imatrix.datasets"
+IMATRIX_KEY_CHUNK_COUNT = "imatrix.chunk_count"
+IMATRIX_KEY_CHUNK_SIZE = "imatrix.chunk_size"
+IMATRIX_SUFFIX_SUMS = ".in_sum2"
+IMATRIX_SUFFIX_COUNTS = ".counts"

@@ -1,0 +1,147 @@
+"""Hugging Face directory -> GGUF (F32 / F16 / BF16), one tensor in memory at a time.
+
+Plan first (names, shapes and types from the checkpoint index, checked against config.json), write
+the header and tensor infos, then stream: read one tensor, rearrange it, cast it, append it, drop it.
+The output is written to `OUT.part` and renamed at the end, so a failed run leaves no half file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import gguf
+from gguf import GGMLQuantizationType, GGUFWriter
+
+from belle.app.errors import BelleError, ModelFileError
+
+from .arch import Arch, BLOCK_RE, get_arch, need
+from .constants import OUTTYPES
+from .hf_reader import HFCheckpoint
+from .vocab import default_chat_template, read_vocab, resolve_chat_template, write_vocab
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None]  # (tensors done, total, current name)
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    hf_name: str
+    gguf_name: str
+    kind: str  # gguf_name without "blk.N." (the key of Arch.shapes)
+    shape: tuple[int, ...]  # numpy order, as written
+    qtype: GGMLQuantizationType
+
+    @property
+    def nbytes(self) -> int:
+        n = int(np.prod(self.shape))
+        return n * (4 if self.qtype == GGMLQuantizationType.F32 else 2)
+
+
+def check_output_path(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise BelleError(f"{out}: already exists (use --force to overwrite)")
+    if not out.parent.is_dir():
+        raise BelleError(f"{out.parent}: output directory does not exist")
+
+
+def plan_tensors(ckpt: HFCheckpoint, arch: Arch, outtype: str) -> list[PlannedTensor]:
+    cfg = ckpt.config
+    n_blocks = need(cfg, "num_hidden_layers", "n_layer")
+    name_map = gguf.get_tensor_name_map(arch.gguf_arch, n_blocks)
+    expected = arch.shapes(cfg)
+    weight_type = OUTTYPES[outtype][0]
+    plan: list[PlannedTensor] = []
+    seen_kinds: dict[int, set[str]] = {b: set() for b in range(n_blocks)}
+    for hf_name, entry in ckpt.entries.items():
+        if hf_name.endswith(arch.skip_suffixes):
+            continue
+        short = hf_name[len(arch.strip_prefix):] if hf_name.startswith(arch.strip_prefix) else hf_name
+        gguf_name = name_map.get_name(short, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            raise ModelFileError(f"{entry.file}: tensor {hf_name} has no GGUF name for {arch.model_type}")
+        m = BLOCK_RE.match(gguf_name)
+        kind = gguf_name[m.end():] if m else gguf_name
+        if m:
+            block = int(m.group(1))
+            if block >= n_blocks:
+                raise ModelFileError(f"{entry.file}: tensor {hf_name} is in block {block} but config.json has {n_blocks} layers")
+            seen_kinds[block].add(kind)
+        if kind in expected and tuple(entry.shape) != tuple(expected[kind]):
+            raise ModelFileError(
+                f"{entry.file}: tensor {hf_name} has shape {list(entry.shape)}, config.json implies {list(expected[kind])}")
+        # 1-D tensors (norms, biases) stay F32, as llama.cpp expects
+        qtype = weight_type if len(entry.shape) >= 2 else GGMLQuantizationType.F32
+        plan.append(PlannedTensor(hf_name, gguf_name, kind, tuple(entry.shape), qtype))
+    for block, kinds in seen_kinds.items():
+        if missing := [k for k in arch.required_block_kinds if k not in kinds]:
+            raise ModelFileError(f"{ckpt.model_dir}: block {block} lacks {', '.join(missing)} (truncated or mismatched checkpoint?)")
+    if not any(p.gguf_name == "token_embd.weight" for p in plan):
+        raise ModelFileError(f"{ckpt.model_dir}: no token embedding tensor found")
+    return plan
+
+
+def _encode(x: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
+    if qtype == GGMLQuantizationType.F32:
+        return np.ascontiguousarray(x, dtype=np.float32)
+    if qtype == GGMLQuantizationType.F16:
+        return np.ascontiguousarray(x, dtype=np.float16)
+    return gguf.quants.quantize(np.ascontiguousarray(x, dtype=np.float32), qtype)  # BF16, as raw bytes
+
+
+def convert(model_dir: Path, out: Path, outtype: str = "f16", *, force: bool = False,
+            chat_template: str | None = None, pre: str | None = None, progress: Progress | None = None) -> Path:
+    """Convert a Hugging Face model directory to a GGUF file; returns the output path."""
+    model_dir, out = Path(model_dir), Path(out)
+    if outtype not in OUTTYPES:
+        raise BelleError(f"--outtype {outtype!r}: choose one of {', '.join(OUTTYPES)}")
+    check_output_path(out, force)
+    if not model_dir.is_dir():
+        raise ModelFileError(f"{model_dir}: not a directory")
+    with HFCheckpoint(model_dir) as ckpt:
+        cfg = ckpt.config
+        arch = get_arch(cfg, str(model_dir / "config.json"))
+        plan = plan_tensors(ckpt, arch, outtype)
+        vocab = read_vocab(model_dir, need(cfg, "vocab_size"), prefer_sentencepiece=not arch.bpe_only, pre=pre)
+
+        writer = GGUFWriter(path=None, arch=gguf.MODEL_ARCH_NAMES[arch.gguf_arch])
+        writer.add_type(gguf.GGUFType.MODEL)
+        writer.add_name(str(cfg.get("_name_or_path") or cfg.get("_model_name_or_path") or model_dir.resolve().name))
+        arch.write_hparams(writer, cfg)
+        writer.add_file_type(OUTTYPES[outtype][1])
+        write_vocab(writer, model_dir, vocab,
+                    chat_template=resolve_chat_template(chat_template) if chat_template else None,
+                    fallback_template=default_chat_template(model_dir, cfg))
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        for t in plan:
+            if t.qtype == GGMLQuantizationType.BF16:
+                byte_shape = (*t.shape[:-1], t.shape[-1] * 2)
+                writer.add_tensor_info(t.gguf_name, byte_shape, np.dtype(np.uint8), t.nbytes, raw_dtype=t.qtype)
+            else:
+                dtype = np.dtype(np.float32 if t.qtype == GGMLQuantizationType.F32 else np.float16)
+                writer.add_tensor_info(t.gguf_name, t.shape, dtype, t.nbytes)
+
+        part = out.with_name(out.name + ".part")
+        try:
+            writer.write_header_to_file(part)
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            for i, t in enumerate(plan):
+                data = arch.transform(t.kind, ckpt.tensor(t.hf_name), cfg)
+                writer.write_tensor_data(_encode(data, t.qtype))
+                del data
+                if progress:
+                    progress(i + 1, len(plan), t.gguf_name)
+            writer.close()
+            os.replace(part, out)
+        except BaseException:
+            writer.close()
+            part.unlink(missing_ok=True)
+            raise
+    log.info("wrote %s (%d tensors, %s)", out, len(plan), outtype)
+    return out
