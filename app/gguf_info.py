@@ -4,6 +4,7 @@ Catches what makes llama.cpp fail late or crash: not a GGUF file, a truncated fi
 """
 
 import os
+import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,14 +57,86 @@ class RamEstimate:
     total: int
 
 
-def _field(reader, key, default=None):
-    f = reader.fields.get(key)
-    if f is None:
-        return default
-    try:
-        return f.contents()
-    except Exception:  # a malformed field is as good as a missing one here
-        return default
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+# Arrays we keep; other big arrays (merges, scores) are skipped without decoding.
+_KEEP_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type")
+
+
+class _Header:
+    """A streaming reader of the GGUF header (spec: ggml/docs/gguf.md). gguf-py's GGUFReader maps
+    every array element into numpy views, ~4 s for a 49k vocabulary; app start-up needs only the
+    scalars, the token types and the tensor table."""
+
+    def __init__(self, fh):
+        self.fh = fh
+
+    def read(self, n: int) -> bytes:
+        data = self.fh.read(n)
+        if len(data) != n:
+            raise EOFError(f"file ends inside the header (wanted {n} bytes at offset {self.fh.tell() - len(data)})")
+        return data
+
+    def unpack(self, fmt: str):
+        return struct.unpack(fmt, self.read(struct.calcsize(fmt)))[0]
+
+    def string(self) -> bytes:
+        return self.read(self.unpack("<Q"))
+
+    def value(self, vtype: int, keep: bool = True):
+        if vtype in _SCALARS:
+            return self.unpack(_SCALARS[vtype])
+        if vtype == _STRING:
+            return self.string().decode("utf-8", errors="replace")
+        if vtype != _ARRAY:
+            raise ValueError(f"unknown GGUF value type {vtype}")
+        item_type, count = self.unpack("<I"), self.unpack("<Q")
+        if item_type in _SCALARS:
+            fmt = _SCALARS[item_type]
+            data = self.read(struct.calcsize(fmt) * count)
+            return list(struct.unpack(f"<{count}{fmt[1]}", data)) if keep else None
+        if item_type == _STRING:
+            out = []
+            for _ in range(count):
+                n = self.unpack("<Q")
+                if keep:
+                    out.append(self.read(n))
+                else:
+                    self.fh.seek(n, 1)
+            return out if keep else None
+        return [self.value(item_type, keep) for _ in range(count)]
+
+
+def _parse(path: Path) -> tuple[dict, list[tuple[str, int]], int]:
+    """Returns (metadata, [(ggml type name, n_elements)] per tensor, file size the tensor data needs)."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType  # format facts; cheap import
+
+    with open(path, "rb") as fh:
+        h = _Header(fh)
+        h.read(4)  # magic, checked by the caller
+        version = h.unpack("<I")
+        if version not in (2, 3):
+            raise ValueError(f"unsupported GGUF version {version}")
+        n_tensors, n_kv = h.unpack("<Q"), h.unpack("<Q")
+        meta = {}
+        for _ in range(n_kv):
+            key = h.string().decode("utf-8", errors="replace")
+            vtype = h.unpack("<I")
+            meta[key] = h.value(vtype, keep=vtype != _ARRAY or key in _KEEP_ARRAYS)
+        tensors, data_end = [], 0
+        for _ in range(n_tensors):
+            h.string()  # name
+            dims = [h.unpack("<Q") for _ in range(h.unpack("<I"))]
+            qtype, offset = GGMLQuantizationType(h.unpack("<I")), h.unpack("<Q")
+            n_elements = 1
+            for d in dims:
+                n_elements *= d
+            block, type_size = GGML_QUANT_SIZES[qtype]
+            tensors.append((qtype.name, n_elements))
+            data_end = max(data_end, offset + n_elements // block * type_size)
+        alignment = int(meta.get("general.alignment", 32))
+        data_start = -(-fh.tell() // alignment) * alignment
+    return meta, tensors, data_start + data_end
 
 
 def read_model_info(path: str | os.PathLike) -> ModelInfo:
@@ -77,38 +150,35 @@ def read_model_info(path: str | os.PathLike) -> ModelInfo:
         magic = fh.read(4)
     if magic != GGUF_MAGIC:
         raise ModelFileError(f"{path}: not a GGUF file (starts with {magic!r}, expected b'GGUF')")
-
-    from gguf import GGUFReader  # numpy-only; deferred so `belle --help` stays fast
-
     try:
-        reader = GGUFReader(path, "r")
-    except Exception as err:  # the reader raises ValueError/IndexError/... on any damage
-        raise ModelFileError(f"{path}: truncated or corrupt GGUF header ({type(err).__name__}: {err})") from None
+        meta, tensors, needed = _parse(path)
+    except Exception as err:  # EOFError, struct.error, bad enum values: all mean a damaged header
+        raise ModelFileError(f"{path}: truncated or corrupt GGUF header ({err})") from None
+    if needed > size:
+        raise ModelFileError(f"{path}: truncated: tensor data needs {needed:,} bytes but the file has {size:,}")
 
-    end = max((t.data_offset + int(t.n_bytes) for t in reader.tensors), default=0)
-    if end > size:
-        raise ModelFileError(f"{path}: truncated: tensor data needs {end:,} bytes but the file has {size:,}")
-
-    arch = _field(reader, "general.architecture")
+    arch = meta.get("general.architecture")
     if not arch:
         raise ModelFileError(f"{path}: missing general.architecture; not a model GGUF")
 
     def hp(key, default=0):
-        value = _field(reader, f"{arch}.{key}", default)
-        return int(value[0] if isinstance(value, list) else value)
+        value = meta.get(f"{arch}.{key}", default)
+        return int(max(value) if isinstance(value, list) else value)  # some models store per-layer arrays
 
-    tokens = _field(reader, "tokenizer.ggml.tokens") or []
-    types = _field(reader, "tokenizer.ggml.token_type") or []
-    special = {tokens[i]: i for i, t in enumerate(types) if t in _SPECIAL_TOKEN_TYPES and i < len(tokens)}
-    bos_id = _field(reader, "tokenizer.ggml.bos_token_id")
-    eos_id = _field(reader, "tokenizer.ggml.eos_token_id")
+    tokens = meta.get("tokenizer.ggml.tokens") or []
+    types = meta.get("tokenizer.ggml.token_type") or []
+
+    def token_text(i):
+        return tokens[i].decode("utf-8", errors="replace") if i is not None and 0 <= i < len(tokens) else ""
+
+    special = {token_text(i): i for i, t in enumerate(types) if t in _SPECIAL_TOKEN_TYPES and i < len(tokens)}
     n_head = hp("attention.head_count", 1)
     return ModelInfo(
         path=path,
         file_size=size,
         architecture=arch,
-        name=_field(reader, "general.name") or path.stem,
-        n_params=sum(int(t.n_elements) for t in reader.tensors),
+        name=meta.get("general.name") or path.stem,
+        n_params=sum(n for _, n in tensors),
         n_layers=hp("block_count"),
         n_ctx_train=hp("context_length"),
         n_embd=hp("embedding_length"),
@@ -116,10 +186,10 @@ def read_model_info(path: str | os.PathLike) -> ModelInfo:
         n_head_kv=hp("attention.head_count_kv", n_head),
         n_ff=hp("feed_forward_length"),
         n_vocab=len(tokens),
-        tensor_types=dict(Counter(t.tensor_type.name for t in reader.tensors)),
-        chat_template=_field(reader, "tokenizer.chat_template"),
-        bos_token=tokens[bos_id] if bos_id is not None and bos_id < len(tokens) else "",
-        eos_token=tokens[eos_id] if eos_id is not None and eos_id < len(tokens) else "",
+        tensor_types=dict(Counter(t for t, _ in tensors)),
+        chat_template=meta.get("tokenizer.chat_template"),
+        bos_token=token_text(meta.get("tokenizer.ggml.bos_token_id")),
+        eos_token=token_text(meta.get("tokenizer.ggml.eos_token_id")),
         special_tokens=special,
     )
 
