@@ -83,7 +83,14 @@ def plan_tensors(ckpt: HFCheckpoint, arch: Arch, outtype: str) -> list[PlannedTe
             raise ModelFileError(f"{ckpt.model_dir}: block {block} lacks {', '.join(missing)} (truncated or mismatched checkpoint?)")
     if not any(p.gguf_name == "token_embd.weight" for p in plan):
         raise ModelFileError(f"{ckpt.model_dir}: no token embedding tensor found")
-    return plan
+    return sorted(plan, key=_file_order)
+
+
+def _file_order(t: PlannedTensor) -> tuple[int, int, str]:
+    """Embeddings, then blocks in order, then the output head, whatever order the shards had."""
+    if m := BLOCK_RE.match(t.gguf_name):
+        return (1, int(m.group(1)), t.kind)
+    return (0 if t.gguf_name.startswith("token_embd") else 2, 0, t.gguf_name)
 
 
 def _encode(x: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
