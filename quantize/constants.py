@@ -46,7 +46,7 @@ QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[
 BLOOM_REGEX = r" ?[^(\s|[.,!?…。，、।۔،])]+"
 
 PRE_TOKENIZERS: dict[tuple[str, ...], str] = {
-    ("<bytelevel>",): "gpt2",
+    ("<bytelevel>",): "gpt-2",
     ("<digits>", "<bytelevel>"): "smollm",
     (LLAMA3_REGEX, "<bytelevel-noregex>"): "llama-bpe",
     (QWEN2_REGEX, "<bytelevel-noregex>"): "qwen2",

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from gguf import LlamaFileType
 
 from belle.app.errors import BelleError, ModelFileError
 
@@ -64,11 +65,44 @@ def _imatrix_array(imatrix: dict[str, np.ndarray]):
     return entries, keep
 
 
+def _run(src: Path, dst: Path, ftype: int, *, imatrix=None, nthread: int = 0, allow_requantize: bool = False,
+         what: str = "") -> None:
+    import llama_cpp
+    from llama_cpp._logger import set_verbose
+
+    # llama.cpp's own log only when the user asked for ours (belle -v)
+    set_verbose(logging.getLogger("belle").isEnabledFor(logging.INFO))
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.nthread = nthread or (os.cpu_count() or 1)
+    params.ftype = ftype
+    params.allow_requantize = allow_requantize
+    keep = None
+    if imatrix:
+        entries, keep = _imatrix_array(imatrix)
+        params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+    part = dst.with_name(dst.name + ".part")
+    try:
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(part).encode(), ctypes.byref(params))
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    del keep  # llama.cpp has copied the imatrix by now
+    if rc != 0:
+        part.unlink(missing_ok=True)
+        raise ModelFileError(f"{src}: llama.cpp could not quantize it to {what} (run with -v for llama.cpp's log)")
+    os.replace(part, dst)
+
+
+def dequantize_to_f32(src: Path, dst: Path, nthread: int = 0) -> Path:
+    """llama.cpp's own dequantization of every tensor to F32 (a GGUF -> GGUF reference, no converter)."""
+    check_gguf(src)
+    _run(Path(src), Path(dst), int(LlamaFileType.ALL_F32), nthread=nthread, allow_requantize=True, what="F32")
+    return Path(dst)
+
+
 def quantize(src: Path, dst: Path, qtype: str, *, imatrix: dict[str, np.ndarray] | None = None,
              nthread: int = 0, force: bool = False) -> QuantizeResult:
     """Quantize a GGUF with llama.cpp's recipe `qtype` (e.g. "Q4_K_M"), optionally with an imatrix."""
-    import llama_cpp
-
     src, dst = Path(src), Path(dst)
     if qtype not in QUANT_TYPES:
         raise BelleError(f"--type {qtype!r}: choose one of {', '.join(QUANT_TYPES)}")
@@ -78,25 +112,8 @@ def quantize(src: Path, dst: Path, qtype: str, *, imatrix: dict[str, np.ndarray]
     if src.resolve() == dst.resolve():
         raise BelleError(f"{dst}: output would overwrite the input")
 
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.nthread = nthread or (os.cpu_count() or 1)
-    params.ftype = int(QUANT_TYPES[qtype])
-    keep = None
-    if imatrix:
-        entries, keep = _imatrix_array(imatrix)
-        params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
-    part = dst.with_name(dst.name + ".part")
     start = time.perf_counter()
-    try:
-        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(part).encode(), ctypes.byref(params))
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
-    del keep  # llama.cpp has copied the imatrix by now
-    if rc != 0:
-        part.unlink(missing_ok=True)
-        raise ModelFileError(f"{src}: llama.cpp could not quantize it to {qtype} (run with -v for llama.cpp's log)")
-    os.replace(part, dst)
+    _run(src, dst, int(QUANT_TYPES[qtype]), imatrix=imatrix, nthread=nthread, what=qtype)
     seconds = time.perf_counter() - start
     log.info("quantized %s -> %s (%s) in %.1f s", src, dst, qtype, seconds)
     return QuantizeResult(dst, qtype, "imatrix" if imatrix else "rtn", seconds, dst.stat().st_size)
