@@ -1,0 +1,211 @@
+"""The Flet app: builds the page from the controls and wires them to one ChatState per browser tab.
+
+Flet runs event handlers on its event loop; generation runs in a worker thread, so state events
+from there are handed back to the loop (`_on_loop`) before any control is touched."""
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import flet as ft
+
+from ..chat_store import ChatStore
+from ..config import load_config
+from ..errors import BelleError
+from ..export import to_json, to_markdown
+from ..session import EngineCache
+from . import state as events
+from . import theme
+from .chat_view import ChatView
+from .i18n import system_language, tr
+from .message_view import MessageActions
+from .sidebar import Sidebar, SidebarActions
+from .state import ChatState
+
+log = logging.getLogger(__name__)
+
+
+class BelleApp:
+    def __init__(self, page: ft.Page, store: ChatStore, engines: EngineCache):
+        self.page = page
+        self.store = store
+        self.engines = engines
+        self.config = load_config()
+        self.lang = self.config.language or system_language()
+        self.state = ChatState(store, engines, default_model=self.config.default_model)
+        self.state.listen(self._on_state)
+        self.clipboard = ft.Clipboard()
+        self.narrow = None
+        self.build()
+
+    def t(self, key: str, **values) -> str:
+        return tr(self.lang, key, **values)
+
+    # building
+
+    def build(self) -> None:
+        page, t = self.page, self.t
+        page.title = "Belle"
+        theme.apply(page, self.config.theme)
+        page.padding = 0
+        self.sidebar = Sidebar(self.state, t, SidebarActions(self.open, self.new_chat, self.rename, self.pin,
+                                                              self.delete), footer=self.sidebar_footer())
+        actions = MessageActions(copy=self.copy, edit=self.edit, regenerate=self.regenerate, switch=self.switch)
+        self.chat = ChatView(self.state, t, actions, self.header_actions(), on_menu=self.open_drawer)
+        page.on_resize = lambda e: self.layout()
+        page.on_keyboard_event = self.on_key
+        self.layout(force=True)
+        self.sidebar.render()
+        self.chat.render_messages()
+        page.update()
+
+    def sidebar_footer(self) -> list[ft.Control]:
+        return []
+
+    def header_actions(self) -> list[ft.Control]:
+        t = self.t
+        return [ft.PopupMenuButton(icon=ft.Icons.MORE_HORIZ, tooltip=t("more"), items=[
+            ft.PopupMenuItem(t("export_md"), icon=ft.Icons.DESCRIPTION_OUTLINED, on_click=lambda e: self.export("md")),
+            ft.PopupMenuItem(t("export_json"), icon=ft.Icons.DATA_OBJECT, on_click=lambda e: self.export("json")),
+        ])]
+
+    def layout(self, force: bool = False) -> None:
+        narrow = (self.page.width or 1024) < theme.NARROW
+        if narrow == self.narrow and not force:
+            return
+        self.narrow = narrow
+        self.chat.set_narrow(narrow)
+        if narrow:
+            self.page.drawer = ft.NavigationDrawer(controls=[self.sidebar.control])
+            self.page.controls = [ft.SafeArea(self.chat.control, expand=True)]
+        else:
+            self.page.drawer = None
+            self.page.controls = [ft.Row([ft.Container(self.sidebar.control, width=theme.SIDEBAR_WIDTH),
+                                          ft.VerticalDivider(width=1), self.chat.control], expand=True, spacing=0)]
+        self.page.update()
+
+    async def open_drawer(self) -> None:
+        await self.page.show_drawer()
+
+    async def close_drawer(self) -> None:
+        if self.narrow:
+            await self.page.close_drawer()
+
+    # state -> controls
+
+    def _on_state(self, event: str) -> None:
+        if _in_loop():
+            self._redraw(event)
+        else:
+            self.page.session.connection.loop.call_soon_threadsafe(self._redraw, event)
+
+    def _redraw(self, event: str) -> None:
+        try:
+            if event == events.STREAM:
+                self.chat.render_stream()
+                if self.chat.live is not None:
+                    self.chat.live.update()
+                return
+            if event == events.MESSAGES:
+                self.chat.render_messages()
+            elif event == events.STATUS:
+                self.chat.render_status()
+            elif event == events.CONVERSATIONS:
+                self.sidebar.render()
+            self.page.update()
+        except RuntimeError as err:  # the tab was closed while a reply streamed
+            log.debug("redraw skipped: %s", err)
+
+    # actions
+
+    def guard(self, fn: Callable, *args) -> None:
+        try:
+            fn(*args)
+        except BelleError as err:
+            self.toast(self.t("error", message=str(err)))
+
+    def toast(self, text: str, action: str | None = None, on_action: Callable | None = None) -> None:
+        self.page.show_dialog(ft.SnackBar(ft.Text(text), action=action, on_action=on_action))
+
+    async def open(self, conv_id: int) -> None:
+        self.guard(self.state.open, conv_id)
+        self.sidebar.render()
+        await self.close_drawer()
+
+    async def new_chat(self) -> None:
+        self.guard(self.state.new_chat)
+        self.sidebar.render()
+        await self.close_drawer()
+        self.page.update()
+
+    def rename(self, conv_id: int, title: str) -> None:
+        self.guard(self.state.rename, conv_id, title)
+        self.chat.render_messages()
+        self.page.update()
+
+    def pin(self, conv_id: int) -> None:
+        self.guard(self.state.toggle_pin, conv_id)
+
+    def delete(self, conv_id: int, title: str) -> None:
+        self.guard(self.state.delete, conv_id)
+        self.toast(self.t("deleted", title=title), self.t("undo"), lambda e: self.state.undo_delete())
+
+    def regenerate(self) -> None:
+        self.guard(self.state.regenerate)
+
+    def switch(self, message_id: int, step: int) -> None:
+        self.guard(self.state.switch, message_id, step)
+
+    def edit(self, item) -> None:
+        field = ft.TextField(value=item.message.content, multiline=True, min_lines=2, max_lines=10, autofocus=True)
+
+        def save(e=None):
+            self.page.pop_dialog()
+            self.guard(self.state.edit, item.id, field.value or "")
+
+        self.page.show_dialog(ft.AlertDialog(title=ft.Text(self.t("edit")), content=field, actions=[
+            ft.TextButton(self.t("cancel"), on_click=lambda e: self.page.pop_dialog()),
+            ft.FilledButton(self.t("send"), on_click=save)]))
+
+    async def copy(self, text: str) -> None:
+        await self.clipboard.set(text)
+        self.toast(self.t("copied"))
+
+    def export(self, kind: str) -> None:
+        if self.state.session is None:
+            return
+        import json
+
+        from .. import paths
+
+        conv_id = self.state.session.id
+        folder = paths.ensure(paths.home() / "exports")
+        path = folder / f"conversation-{conv_id}.{kind}"
+        if kind == "md":
+            path.write_text(to_markdown(self.store, conv_id), encoding="utf-8")
+        else:
+            path.write_text(json.dumps(to_json(self.store, conv_id), ensure_ascii=False, indent=2), encoding="utf-8")
+        self.toast(self.t("exported", path=str(path)))
+
+    def on_key(self, e: ft.KeyboardEvent) -> None:
+        if e.key == "Escape":
+            self.state.stop()
+        elif e.ctrl and e.key.upper() == "N":
+            self.page.run_task(self.new_chat)
+
+
+def _in_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+        return True
+    except RuntimeError:
+        return False
+
+
+def make_main(store: ChatStore, engines: EngineCache) -> Callable[[ft.Page], None]:
+    """One store and one loaded model for the whole server: each browser tab gets its own ChatState."""
+
+    def main(page: ft.Page) -> None:
+        BelleApp(page, store, engines)
+
+    return main
