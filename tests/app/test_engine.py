@@ -124,3 +124,24 @@ def test_chinese_streams_as_whole_characters(engine):
     text = "".join(reply)
     assert "\ufffd" not in text
     assert any("\u4e00" <= ch <= "\u9fff" for ch in text)
+
+
+def test_unsupported_architecture_is_one_clear_error(tmp_path):
+    import gguf
+    import numpy as np
+
+    from belle.app.errors import ModelFileError
+
+    path = tmp_path / "foo.gguf"
+    w = gguf.GGUFWriter(str(path), "foonet")
+    w.add_block_count(1)
+    w.add_context_length(128)
+    w.add_embedding_length(8)
+    w.add_head_count(1)
+    w.add_tensor("token_embd.weight", np.zeros((16, 8), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ModelFileError, match=r"foo\.gguf: architecture 'foonet' is not supported"):
+        Engine.load(path)
