@@ -79,6 +79,19 @@ def build_llama_bpe(assets: Path, out: Path) -> Path:
     return out
 
 
+def build_llama_wide(assets: Path, out: Path) -> Path:
+    """Rows of 256 and 512 columns, so every K-quant applies without fallback (llama-quant.cpp)."""
+    from transformers import LlamaConfig
+
+    tok = train_bpe(corpus_lines(assets), "llama-bpe", 512, ["<|begin_of_text|>", "<|end_of_text|>"])
+    config = LlamaConfig(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         rms_norm_eps=1e-5, bos_token_id=0, eos_token_id=1, tie_word_embeddings=False)
+    _save_model(config, out, 4)
+    _save_fast_tokenizer(tok, out, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>")
+    return out
+
+
 def build_llama_spm(assets: Path, out: Path) -> Path:
     """LLaMA-1/2 style: a SentencePiece BPE model with byte fallback (Chinese-LLaMA-like vocabulary)."""
     import sentencepiece as spm
@@ -132,4 +145,4 @@ def build_bloom(assets: Path, out: Path) -> Path:
     return out
 
 
-BUILDERS = {"llama-bpe": build_llama_bpe, "llama-spm": build_llama_spm, "qwen2": build_qwen2, "bloom": build_bloom}
+BUILDERS = {"llama-bpe": build_llama_bpe, "llama-wide": build_llama_wide, "llama-spm": build_llama_spm, "qwen2": build_qwen2, "bloom": build_bloom}
