@@ -25,13 +25,19 @@ def run(args) -> int:
 
     from .convert import convert
 
-    with tqdm(total=None, unit="tensor", desc="convert", leave=False) as bar:
-        def progress(done: int, total: int, name: str) -> None:
-            bar.total = total
-            bar.set_postfix_str(name, refresh=False)
-            bar.update(done - bar.n)
+    bar = None
 
+    def progress(done: int, total: int, name: str) -> None:
+        nonlocal bar
+        bar = bar or tqdm(total=total, unit="tensor", desc="convert", leave=False)  # only once checks passed
+        bar.set_postfix_str(name, refresh=False)
+        bar.update(done - bar.n)
+
+    try:
         out = convert(args.model_dir, args.output, args.outtype, force=args.force,
                       chat_template=args.chat_template, pre=args.pre, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {args.outtype})")
     return 0

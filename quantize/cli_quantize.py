@@ -49,13 +49,19 @@ def run(args) -> int:
             save = args.save_imatrix or args.output.with_name(args.output.stem + ".imatrix.gguf")
             if save.exists() and not args.force:
                 raise BelleError(f"{save}: already exists (use --force to overwrite)")
-            with tqdm(desc="imatrix", unit="chunk", leave=False) as bar:
-                def progress(done: int, total: int) -> None:
-                    bar.total = total
-                    bar.update(done - bar.n)
+            bars: list[tqdm] = []
 
+            def progress(done: int, total: int) -> None:
+                if not bars:  # created on the first chunk, so errors before it print alone
+                    bars.append(tqdm(total=total, desc="imatrix", unit="chunk", leave=False))
+                bars[0].update(done - bars[0].n)
+
+            try:
                 im = imx.compute(args.input, load_text(cal), n_ctx=args.ctx, max_chunks=args.chunks,
                                  n_threads=args.threads, dataset=str(cal), progress=progress)
+            finally:
+                for bar in bars:
+                    bar.close()
             imx.save_gguf(im, save)
             print(f"imatrix: {im.chunk_count} chunks of {im.chunk_size} tokens from {cal} -> {save}")
         matrix = im.means()

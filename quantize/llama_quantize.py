@@ -68,10 +68,10 @@ def _imatrix_array(imatrix: dict[str, np.ndarray]):
 def _run(src: Path, dst: Path, ftype: int, *, imatrix=None, nthread: int = 0, allow_requantize: bool = False,
          what: str = "") -> None:
     import llama_cpp
-    from llama_cpp._logger import set_verbose
 
-    # llama.cpp's own log only when the user asked for ours (belle -v)
-    set_verbose(logging.getLogger("belle").isEnabledFor(logging.INFO))
+    from .llama_log import route_llama_log
+
+    route_llama_log()
     params = llama_cpp.llama_model_quantize_default_params()
     params.nthread = nthread or (os.cpu_count() or 1)
     params.ftype = ftype

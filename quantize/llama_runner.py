@@ -26,9 +26,10 @@ class LlamaRunner:
     def __init__(self, path: Path, n_ctx: int = 512, n_threads: int | None = None,
                  cb_eval: Callable | None = None, f32_cache: bool = False):
         import llama_cpp
-        from llama_cpp._logger import set_verbose
 
-        set_verbose(logging.getLogger("belle").isEnabledFor(logging.DEBUG))
+        from .llama_log import route_llama_log
+
+        route_llama_log()
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelFileError(f"{self.path}: no such file")
