@@ -49,6 +49,7 @@ def add_parser(sub) -> None:
     p.add_argument("-t", "--template", choices=("auto", *TEMPLATE_NAMES), default="auto")
     p.add_argument("--n-ctx", type=int, default=None, help="context size in tokens (default 4096)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to a GPU (needs a GPU build)")
     p.add_argument("--set", action="append", default=[], metavar="PARAM=VALUE", help="sampling setting, repeatable")
     p.add_argument("--force", action="store_true", help="load even if the model may not fit in free memory")
     p.set_defaults(func=run)
@@ -65,7 +66,7 @@ def _check_memory(model: str | None, n_ctx: int, force: bool) -> None:
 
 def run(args) -> int:
     store = ChatStore(paths.store_path())
-    engines = EngineCache(n_threads=args.threads)
+    engines = EngineCache(n_threads=args.threads, n_gpu_layers=args.n_gpu_layers)
     try:
         session = _open_session(store, engines, args)
         _check_memory(session.conversation.model, session.settings.n_ctx, args.force)

@@ -75,7 +75,7 @@ class ReplyStats:
     prefill_tok_s: float = 0.0  # newly evaluated prompt tokens / ttft
     decode_tok_s: float = 0.0  # tokens after the first / time after the first
     total_s: float = 0.0
-    stop_reason: str = ""  # "eos" | "length" | "stop" | "cancelled" | "context"
+    stop_reason: str = ""  # "eos" | "length" | "stop" | "cancelled" | "context" | "interrupted"
     dropped_messages: int = 0  # older messages left out to fit the context
 
     def as_dict(self) -> dict:
@@ -121,7 +121,7 @@ class Reply:
         pending = ""  # decoded text not yet yielded (may hold the start of a stop string)
         start = time.perf_counter()
         first_at = None
-        stats.stop_reason = "length"
+        stats.stop_reason = "interrupted"  # every normal way out of the loop below sets its own reason
         gen = llm.generate(tokens, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p, temp=s.temperature,
                            repeat_penalty=s.repeat_penalty)
         try:

@@ -38,14 +38,16 @@ extras="ui"
 # Re-install only when pyproject.toml or the extras changed.
 stamp="$VENV/.belle-installed-$(cat pyproject.toml | sha256sum | cut -c1-16)-${extras//,/-}"
 if [ ! -f "$stamp" ]; then
-  say "installing Python packages [$extras] (the first time llama-cpp-python compiles llama.cpp: ~10 minutes)"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip setuptools wheel
+  log="$VENV/install.log"
+  say "installing Python packages [$extras]; the first time llama-cpp-python compiles llama.cpp (~10 minutes; log: $log)"
+  pip_install() { "$VENV/bin/python" -m pip install --disable-pip-version-check "$@" >>"$log" 2>&1 || {
+    tail -n 40 "$log" >&2; echo "setup: pip install $* failed; full log in $log" >&2; exit 1; }; }
+  : >"$log"
+  pip_install --upgrade pip setuptools wheel
   # CPU torch: the pin keeps pip from pulling the multi-GB CUDA build (see shared/reference/environment.md).
-  if [ "$DEV" = 1 ]; then
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==2.13.*"
-  fi
+  [ "$DEV" = 1 ] && pip_install "torch==2.13.*"
   CMAKE_ARGS="${CMAKE_ARGS:--DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF}" \
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[$extras]"
+    pip_install -e ".[$extras]"
   rm -f "$VENV"/.belle-installed-*
   touch "$stamp"
 fi
