@@ -84,7 +84,7 @@ def test_repl_session(default_model_path, belle_home, output_dir):
         t.send("/stats", "Enter")
         t.wait_for(lambda s: "stop: cancelled" in s, what="stats of the stopped reply")
         t.send("/bye", "Enter")
-        t.wait_for(lambda s: t.dead(), what="the program to exit")
+        t.wait_for(lambda s: t.dead() and t.exit_status() != "", what="the program to exit")
         assert t.exit_status() == "0"
         (output_dir / "screen.txt").write_text(t.screen())
     finally:
