@@ -84,12 +84,13 @@ class BelleApp:
                                           ft.VerticalDivider(width=1), self.chat.control], expand=True, spacing=0)]
         self.page.update()
 
-    async def open_drawer(self) -> None:
-        await self.page.show_drawer()
+    # Handlers are called from sync lambdas: coroutines go through run_task, never a bare call.
+    def open_drawer(self) -> None:
+        self.page.run_task(self.page.show_drawer)
 
-    async def close_drawer(self) -> None:
+    def close_drawer(self) -> None:
         if self.narrow:
-            await self.page.close_drawer()
+            self.page.run_task(self.page.close_drawer)
 
     # state -> controls
 
@@ -127,15 +128,16 @@ class BelleApp:
     def toast(self, text: str, action: str | None = None, on_action: Callable | None = None) -> None:
         self.page.show_dialog(ft.SnackBar(ft.Text(text), action=action, on_action=on_action))
 
-    async def open(self, conv_id: int) -> None:
+    def open(self, conv_id: int) -> None:
         self.guard(self.state.open, conv_id)
         self.sidebar.render()
-        await self.close_drawer()
+        self.close_drawer()
+        self.page.update()
 
-    async def new_chat(self) -> None:
+    def new_chat(self) -> None:
         self.guard(self.state.new_chat)
         self.sidebar.render()
-        await self.close_drawer()
+        self.close_drawer()
         self.page.update()
 
     def rename(self, conv_id: int, title: str) -> None:
@@ -167,8 +169,8 @@ class BelleApp:
             ft.TextButton(self.t("cancel"), on_click=lambda e: self.page.pop_dialog()),
             ft.FilledButton(self.t("send"), on_click=save)]))
 
-    async def copy(self, text: str) -> None:
-        await self.clipboard.set(text)
+    def copy(self, text: str) -> None:
+        self.page.run_task(self.clipboard.set, text)
         self.toast(self.t("copied"))
 
     def export(self, kind: str) -> None:
@@ -191,7 +193,7 @@ class BelleApp:
         if e.key == "Escape":
             self.state.stop()
         elif e.ctrl and e.key.upper() == "N":
-            self.page.run_task(self.new_chat)
+            self.new_chat()
 
 
 def _in_loop() -> bool:

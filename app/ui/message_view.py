@@ -39,8 +39,10 @@ def body(text: str, t, copy: Callable[[str], None]) -> list[ft.Control]:
 
 
 def stats_line(stats: dict | None, t) -> str:
-    if not stats or not stats.get("generated_tokens"):
+    if not stats:
         return ""
+    if not stats.get("generated_tokens"):
+        return t("stopped") if stats.get("stop_reason") == "cancelled" else ""
     line = t("stats", tok_s=stats.get("decode_tok_s", 0.0), ttft=stats.get("ttft_s", 0.0),
              tokens=stats.get("generated_tokens", 0))
     if stats.get("stop_reason") == "cancelled":

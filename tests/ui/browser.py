@@ -77,12 +77,27 @@ def button(page, label: str):
     return page.locator(f'flt-semantics[aria-label="{label}"]').first
 
 
+def reply_buttons(page):
+    """The icon buttons of the last reply, in order: [‹, ›,] copy, regenerate. Flutter merges the
+    bubble's text and tooltips into one label, so the buttons are found by position."""
+    bubble = page.locator('flt-semantics[role="group"][aria-label*="Assistant"]').last
+    return bubble.locator('flt-semantics[role="button"]')
+
+
+def tile(page, title: str):
+    """A conversation in the sidebar (ListTile merges its title into the button's label)."""
+    return page.locator(f'flt-semantics[role="button"][aria-label*="{title}"]').first
+
+
 def composer(page):
     return page.locator("textarea").last
 
 
 def texts(page) -> str:
     """All text Flutter exposes to the accessibility tree."""
-    return page.evaluate("""() => Array.from(document.querySelectorAll('flt-semantics'))
-        .map(e => (e.getAttribute('aria-label') || '') + ' ' + (e.childElementCount ? '' : e.textContent || ''))
-        .join('\\n')""")
+    return page.evaluate("""() => {
+        const host = document.querySelector('flt-semantics-host');
+        if (!host) return '';
+        const labels = Array.from(host.querySelectorAll('[aria-label]')).map(e => e.getAttribute('aria-label'));
+        return labels.join('\\n') + '\\n' + host.innerText;
+    }""")

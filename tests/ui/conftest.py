@@ -1,0 +1,59 @@
+"""Fixtures for the UI tests: one headless Chromium per run, one `belle ui --web` server per test
+(its own BELLE_HOME, the default model from the shared test models folder)."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from .browser import CHROMIUM, CHROMIUM_ARGS, UIServer, open_app
+
+
+def _write_config(home, **values) -> None:
+    (home / "config.json").write_text(json.dumps(values, ensure_ascii=False), encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Chromium is not installed: apt-get install chromium (scripts/setup.sh --dev does it)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def ui_server(belle_home, default_model_path, output_dir):
+    """Start the server; English labels unless a test rewrites config.json before calling it."""
+    servers = []
+
+    def start(language: str = "en"):
+        _write_config(belle_home, language=language)
+        server = UIServer(output_dir / "server.log", env={"BELLE_HOME": str(belle_home),
+                                                          "BELLE_MODELS_DIR": str(default_model_path.parent)})
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture
+def app_page(browser, ui_server, output_dir):
+    """open(width, height, language) -> a Playwright page on a fresh server; screenshots land in output_dir."""
+    pages = []
+
+    def open_(width: int = 1280, height: int = 800, language: str = "en"):
+        server = ui_server(language)
+        page = open_app(browser, server.url, width, height)
+        page.server = server
+        pages.append(page)
+        return page
+
+    yield open_
+    for page in pages:
+        page.close()
