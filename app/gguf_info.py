@@ -7,6 +7,7 @@ import os
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from .errors import ModelFileError
@@ -64,21 +65,36 @@ _KEEP_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type")
 
 
 class _Header:
-    """A streaming reader of the GGUF header (spec: ggml/docs/gguf.md). gguf-py's GGUFReader maps
-    every array element into numpy views, ~4 s for a 49k vocabulary; app start-up needs only the
-    scalars, the token types and the tensor table."""
+    """A reader of the GGUF header (spec: ggml/docs/gguf.md) over a growing in-memory buffer.
+    gguf-py's GGUFReader maps every array element into numpy views, ~4 s for a 49k vocabulary;
+    app start-up needs only the scalars, the token types and the tensor table."""
 
     def __init__(self, fh):
         self.fh = fh
+        self.buf = b""
+        self.pos = 0
+
+    def _need(self, n: int) -> None:
+        if self.pos + n > len(self.buf):
+            more = self.fh.read(max(n, 4 << 20))
+            self.buf = self.buf[self.pos:] + more
+            self.pos = 0
+            if n > len(self.buf):
+                raise EOFError(f"file ends inside the header (wanted {n} bytes at offset {self.tell()})")
+
+    def tell(self) -> int:
+        return self.fh.tell() - len(self.buf) + self.pos
 
     def read(self, n: int) -> bytes:
-        data = self.fh.read(n)
-        if len(data) != n:
-            raise EOFError(f"file ends inside the header (wanted {n} bytes at offset {self.fh.tell() - len(data)})")
-        return data
+        self._need(n)
+        self.pos += n
+        return self.buf[self.pos - n : self.pos]
 
     def unpack(self, fmt: str):
-        return struct.unpack(fmt, self.read(struct.calcsize(fmt)))[0]
+        size = struct.calcsize(fmt)
+        self._need(size)
+        self.pos += size
+        return struct.unpack_from(fmt, self.buf, self.pos - size)[0]
 
     def string(self) -> bytes:
         return self.read(self.unpack("<Q"))
@@ -96,13 +112,7 @@ class _Header:
             data = self.read(struct.calcsize(fmt) * count)
             return list(struct.unpack(f"<{count}{fmt[1]}", data)) if keep else None
         if item_type == _STRING:
-            out = []
-            for _ in range(count):
-                n = self.unpack("<Q")
-                if keep:
-                    out.append(self.read(n))
-                else:
-                    self.fh.seek(n, 1)
+            out = [self.string() for _ in range(count)]
             return out if keep else None
         return [self.value(item_type, keep) for _ in range(count)]
 
@@ -135,12 +145,27 @@ def _parse(path: Path) -> tuple[dict, list[tuple[str, int]], int]:
             tensors.append((qtype.name, n_elements))
             data_end = max(data_end, offset + n_elements // block * type_size)
         alignment = int(meta.get("general.alignment", 32))
-        data_start = -(-fh.tell() // alignment) * alignment
+        data_start = -(-h.tell() // alignment) * alignment
     return meta, tensors, data_start + data_end
 
 
 def read_model_info(path: str | os.PathLike) -> ModelInfo:
     path = Path(path)
+    try:
+        st = path.stat()
+    except OSError:
+        st = None
+    if st is not None and not path.is_dir():
+        return _read_cached(path, st.st_size, st.st_mtime_ns)
+    return _read(path)
+
+
+@lru_cache(maxsize=32)
+def _read_cached(path: Path, size: int, mtime_ns: int) -> ModelInfo:
+    return _read(path)  # keyed on size and mtime: a replaced file is read again
+
+
+def _read(path: Path) -> ModelInfo:
     if not path.exists():
         raise ModelFileError(f"{path}: no such model file")
     if path.is_dir():
