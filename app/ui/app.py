@@ -3,7 +3,6 @@
 Flet runs event handlers on its event loop; generation runs in a worker thread, so state events
 from there are handed back to the loop (`_on_loop`) before any control is touched."""
 
-import asyncio
 import logging
 from collections.abc import Callable
 
@@ -12,13 +11,16 @@ import flet as ft
 from ..chat_store import ChatStore
 from ..config import load_config
 from ..errors import BelleError
-from ..export import to_json, to_markdown
+from ..export import from_json, to_json, to_markdown
 from ..session import EngineCache
 from . import state as events
 from . import theme
 from .chat_view import ChatView
 from .i18n import system_language, tr
+from .loop import on_loop
 from .message_view import MessageActions
+from .model_panel import ModelPanel
+from .settings_panel import SettingsPanel
 from .sidebar import Sidebar, SidebarActions
 from .state import ChatState
 
@@ -52,6 +54,8 @@ class BelleApp:
                                                               self.delete), footer=self.sidebar_footer())
         actions = MessageActions(copy=self.copy, edit=self.edit, regenerate=self.regenerate, switch=self.switch)
         self.chat = ChatView(self.state, t, actions, self.header_actions(), on_menu=self.open_drawer)
+        self.models = ModelPanel(page, self.state, t, on_loaded=lambda: self._on_state(events.STATUS))
+        self.settings = SettingsPanel(page, self.state, self.config, t, on_app_change=self.rebuild)
         page.on_resize = lambda e: self.layout()
         page.on_keyboard_event = self.on_key
         self.layout(force=True)
@@ -64,10 +68,21 @@ class BelleApp:
 
     def header_actions(self) -> list[ft.Control]:
         t = self.t
-        return [ft.PopupMenuButton(icon=ft.Icons.MORE_HORIZ, tooltip=t("more"), items=[
-            ft.PopupMenuItem(t("export_md"), icon=ft.Icons.DESCRIPTION_OUTLINED, on_click=lambda e: self.export("md")),
-            ft.PopupMenuItem(t("export_json"), icon=ft.Icons.DATA_OBJECT, on_click=lambda e: self.export("json")),
-        ])]
+        return [
+            ft.IconButton(ft.Icons.MEMORY, tooltip=t("models"), on_click=lambda e: self.models.show()),
+            ft.IconButton(ft.Icons.TUNE, tooltip=t("settings"), on_click=lambda e: self.guard(self.settings.show)),
+            ft.PopupMenuButton(icon=ft.Icons.MORE_HORIZ, tooltip=t("more"), items=[
+                ft.PopupMenuItem(t("export_md"), icon=ft.Icons.DESCRIPTION_OUTLINED, on_click=lambda e: self.export("md")),
+                ft.PopupMenuItem(t("export_json"), icon=ft.Icons.DATA_OBJECT, on_click=lambda e: self.export("json")),
+                ft.PopupMenuItem(t("import_json"), icon=ft.Icons.UPLOAD_FILE, on_click=self.import_json),
+            ])]
+
+    def rebuild(self) -> None:
+        """Language or theme changed: draw everything again with the new strings."""
+        self.lang = self.config.language or system_language()
+        self.page.controls.clear()
+        self.narrow = None
+        self.build()
 
     def layout(self, force: bool = False) -> None:
         narrow = (self.page.width or 1024) < theme.NARROW
@@ -95,10 +110,7 @@ class BelleApp:
     # state -> controls
 
     def _on_state(self, event: str) -> None:
-        if _in_loop():
-            self._redraw(event)
-        else:
-            self.page.session.connection.loop.call_soon_threadsafe(self._redraw, event)
+        on_loop(self.page, self._redraw, event)
 
     def _redraw(self, event: str) -> None:
         try:
@@ -189,19 +201,30 @@ class BelleApp:
             path.write_text(json.dumps(to_json(self.store, conv_id), ensure_ascii=False, indent=2), encoding="utf-8")
         self.toast(self.t("exported", path=str(path)))
 
+    async def import_json(self, e=None) -> None:
+        import json
+
+        files = await self.models.picker.pick_files(dialog_title=self.t("import_json"), with_data=True,
+                                                    file_type=ft.FilePickerFileType.CUSTOM, allowed_extensions=["json"])
+        if not files:
+            return
+        f = files[0]
+        try:
+            data = json.loads(f.bytes.decode("utf-8") if f.bytes is not None else open(f.path, encoding="utf-8").read())
+            conv_id = from_json(self.store, data, f.name)
+        except (ValueError, OSError) as err:
+            self.toast(self.t("error", message=f"{f.name}: {err}"))
+            return
+        except BelleError as err:
+            self.toast(self.t("error", message=str(err)))
+            return
+        self.open(conv_id)
+
     def on_key(self, e: ft.KeyboardEvent) -> None:
         if e.key == "Escape":
             self.state.stop()
         elif e.ctrl and e.key.upper() == "N":
             self.new_chat()
-
-
-def _in_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-        return True
-    except RuntimeError:
-        return False
 
 
 def make_main(store: ChatStore, engines: EngineCache) -> Callable[[ft.Page], None]:

@@ -173,3 +173,24 @@ def test_phone_layout_has_drawer(app_page, output_dir):
     page.screenshot(path=output_dir / "phone_drawer.png")
     assert "搜索全部对话" in texts(page), texts(page)
     page.screenshot(path=output_dir / "phone_drawer.png")
+
+
+def test_bad_gguf_in_model_panel_shows_error(app_page, output_dir, tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 64)  # right magic, garbage header
+    page = app_page()
+    button(page, "Models").click()
+    wait_until(lambda: "SmolLM2" in texts(page) and "fits" in texts(page), 20, "the model list with RAM badges")
+    page.screenshot(path=output_dir / "model_panel.png")
+    field = page.locator('input[aria-label="Path of a .gguf file on this computer"]')
+    field.click()
+    field.fill(str(bad))
+    page.get_by_role("button", name="Import", exact=True).click()
+    wait_until(lambda: "corrupt GGUF header" in texts(page), 20, "the error message")
+    page.screenshot(path=output_dir / "bad_gguf.png")
+    assert not (default_models := [p.name for p in bad.parent.glob("*.part")])  # nothing half-copied
+    page.get_by_role("button", name="Close", exact=True).click()
+    send(page, "Say hi.")
+    wait_reply_done(page)
+    assert last_reply()
+    page.screenshot(path=output_dir / "still_working.png")

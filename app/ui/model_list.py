@@ -1,0 +1,50 @@
+"""The rows of the model panel, without Flet: catalog entries and local files, each with its size
+and a RAM-fit verdict for this machine's free memory."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import models
+from ..catalog import load_catalog
+from ..errors import BelleError
+from ..gguf_info import read_model_info
+from ..memory import TIGHT_MARGIN, available_memory, check_fit
+
+
+@dataclass
+class ModelRow:
+    id: str  # what session.set_model takes: a catalog id or a local file name
+    name: str
+    size: int | None
+    verdict: str  # "fits" | "tight" | "wont_fit"
+    local: bool
+    path: Path | None = None
+    downloadable: bool = False  # a catalog entry `models.pull` can fetch
+    detail: str = ""
+
+
+def _verdict(need: int, available: int) -> str:
+    return "wont_fit" if need > available else "tight" if need > available * TIGHT_MARGIN else "fits"
+
+
+def model_rows(n_ctx: int, available: int | None = None) -> list[ModelRow]:
+    """Local files first (checked from their GGUF header), then catalog models not downloaded yet
+    (checked from the catalog's RAM figure)."""
+    available = available_memory() if available is None else available
+    rows, local_files = [], set()
+    for lm in models.list_local():
+        local_files.add(lm.path.name)
+        try:
+            fit = check_fit(read_model_info(lm.path), n_ctx, available)
+            verdict, detail = fit.verdict, fit.message(lm.id)
+        except BelleError as err:
+            verdict, detail = "wont_fit", str(err)
+        rows.append(ModelRow(lm.id, lm.entry.name if lm.entry else lm.path.name, lm.size, verdict, True, lm.path,
+                             detail=detail))
+    for entry in load_catalog().entries:
+        if entry.file in local_files:
+            continue
+        need = entry.min_ram_bytes or entry.size or 0
+        rows.append(ModelRow(entry.id, entry.name, entry.size, _verdict(need, available), False,
+                             downloadable=entry.source.get("type") == "wheel"))
+    return rows

@@ -1,0 +1,73 @@
+"""Settings of the open conversation (system prompt, template, sampling, context size; saved with
+the conversation) and of the app (language, theme; saved in config.json), in one dialog."""
+
+from collections.abc import Callable
+
+import flet as ft
+
+from .. import paths
+from ..config import AppConfig, save_config
+from ..errors import BelleError
+from ..template_data import TEMPLATE_NAMES
+from .i18n import LANGUAGES
+from .state import ChatState
+
+
+class SettingsPanel:
+    def __init__(self, page: ft.Page, state: ChatState, config: AppConfig, t, on_app_change: Callable[[], None]):
+        self.page, self.state, self.config, self.t, self.on_app_change = page, state, config, t, on_app_change
+
+    def show(self) -> None:
+        t = self.t
+        session = self.state.ensure_session()
+        conv, s = session.conversation, session.settings
+        self.system = ft.TextField(label=t("system_prompt"), value=conv.system_prompt, multiline=True, min_lines=2,
+                                   max_lines=6)
+        self.template = ft.Dropdown(label=t("template"), value=conv.template,
+                                    options=[ft.DropdownOption(n) for n in ("auto", *TEMPLATE_NAMES)])
+        number = dict(dense=True, width=140, keyboard_type=ft.KeyboardType.NUMBER)
+        self.fields = {
+            "temperature": ft.TextField(label=t("temperature"), value=str(s.sampling.temperature), **number),
+            "top_p": ft.TextField(label=t("top_p"), value=str(s.sampling.top_p), **number),
+            "max_tokens": ft.TextField(label=t("max_tokens"), value=str(s.sampling.max_tokens), **number),
+            "n_ctx": ft.TextField(label=t("n_ctx"), value=str(s.n_ctx), **number),
+        }
+        self.language = ft.Dropdown(label=t("language"), value=self.config.language or "",
+                                    options=[ft.DropdownOption(k, v) for k, v in LANGUAGES.items()])
+        self.theme = ft.Dropdown(label=t("theme"), value=self.config.theme, options=[
+            ft.DropdownOption(k, t(f"theme_{k}")) for k in ("system", "light", "dark")])
+        self.error = ft.Text("", color=ft.Colors.ERROR, visible=False)
+        content = ft.Column([
+            ft.Text(t("settings"), weight=ft.FontWeight.BOLD), self.system, self.template,
+            ft.Row(list(self.fields.values()), wrap=True),
+            ft.Divider(),
+            ft.Text(t("app_settings"), weight=ft.FontWeight.BOLD), ft.Row([self.language, self.theme], wrap=True),
+            ft.Text(t("data_folder"), size=12), ft.Text(str(paths.home()), size=12, selectable=True),
+            self.error], tight=True, scroll=ft.ScrollMode.AUTO, spacing=10)
+        self.page.show_dialog(ft.AlertDialog(
+            title=ft.Text(t("settings")), content=ft.Container(content, width=560),
+            actions=[ft.TextButton(t("cancel"), on_click=lambda e: self.page.pop_dialog()),
+                     ft.FilledButton(t("save"), on_click=self.save)]))
+
+    def save(self, e=None) -> None:
+        session = self.state.session
+        try:
+            if (self.system.value or "") != session.conversation.system_prompt:
+                session.set_system_prompt(self.system.value or "")
+            if self.template.value and self.template.value != session.conversation.template:
+                session.set_template(self.template.value)
+            for name, field in self.fields.items():
+                session.set_param(name, (field.value or "").strip())
+        except BelleError as err:
+            self.error.value = str(err)
+            self.error.visible = True
+            self.page.update()
+            return
+        app_changed = (self.language.value or None) != self.config.language or self.theme.value != self.config.theme
+        self.config.language = self.language.value or None
+        self.config.theme = self.theme.value or "system"
+        save_config(self.config)
+        self.page.pop_dialog()
+        self.state._set_branch()
+        if app_changed:
+            self.on_app_change()
