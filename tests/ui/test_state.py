@@ -1,0 +1,190 @@
+"""The UI's state logic without a browser, on the real default model: send, stop, regenerate,
+branch switch, edit, search, the overflow notice, the conversation list."""
+
+import math
+import threading
+import time
+
+import pytest
+
+from belle.app import paths
+from belle.app.chat_store import ChatStore
+from belle.app.session import EngineCache
+from belle.app.ui import state as events
+from belle.app.ui.i18n import STRINGS, tr
+from belle.app.ui.model_list import model_rows
+from belle.app.ui.state import ChatState, split_code_blocks
+
+
+@pytest.fixture(scope="module")
+def engines(default_model_path):
+    cache = EngineCache(n_threads=2)
+    yield cache
+    cache.close()
+
+
+@pytest.fixture
+def state(belle_home, engines):
+    store = ChatStore(paths.store_path())
+    s = ChatState(store, engines)
+    s.seen = []
+    s.listen(s.seen.append)
+    yield s
+    s.stop()
+    s.wait(30)
+    store.close()
+
+
+def short(state, n=24):
+    """Keep replies short so the tests stay fast."""
+    state.ensure_session().set_param("max_tokens", n)
+
+
+def test_send_streams_and_saves(state):
+    short(state, 48)
+    t0 = time.monotonic()
+    state.send("What is the capital of France?")
+    assert state.busy
+    assert state.wait(60)
+    elapsed = time.monotonic() - t0
+    assert not state.busy and state.error is None
+    user, reply = [i.message for i in state.items]
+    assert (user.role, reply.role) == ("user", "assistant")
+    assert reply.complete and reply.content and reply.stats["generated_tokens"] > 0
+    assert state.streaming_text == reply.content
+    # batched: at most ~20 page updates a second, however fast the tokens come
+    assert 0 < state.stream_events <= math.ceil(elapsed * 20) + 1
+    assert events.STREAM in state.seen and state.seen[-1] in (events.STATUS, events.CONVERSATIONS)
+    [conv] = state.conversations()
+    assert conv.title == "What is the capital of France?"
+
+
+def test_stop_keeps_partial_reply(state):
+    state.ensure_session().set_param("max_tokens", 400)
+    state.send("Write a long story about a dragon who learns to cook.")
+    deadline = time.monotonic() + 30
+    while len(state.streaming_text) < 20 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    state.stop()
+    assert state.wait(10)
+    reply = state.items[-1].message
+    assert reply.stats["stop_reason"] == "cancelled"
+    assert reply.complete and reply.content.startswith(state.streaming_text[:10])
+    assert reply.stats["generated_tokens"] < 400
+
+
+def test_regenerate_keeps_alternatives_and_switches(state):
+    short(state)
+    state.send("Name a fruit.")
+    state.wait(60)
+    first = state.items[-1].message
+    state.regenerate()
+    state.wait(60)
+    assert (state.items[-1].index, state.items[-1].count) == (2, 2)
+    second = state.items[-1].message
+    state.switch(second.id, -1)
+    assert state.items[-1].id == first.id and state.items[-1].index == 1
+    state.switch(first.id, +1)
+    assert state.items[-1].id == second.id
+
+
+def test_edit_makes_a_branch(state):
+    short(state)
+    state.send("Name a colour.")
+    state.wait(60)
+    old_user = state.items[0].message
+    state.edit(old_user.id, "Name an animal.")
+    state.wait(60)
+    assert state.items[0].message.content == "Name an animal." and state.items[0].count == 2
+    state.switch(state.items[0].id, -1)
+    assert state.items[0].id == old_user.id and len(state.items) == 2
+
+
+def test_busy_refuses_a_second_send(state):
+    state.ensure_session().set_param("max_tokens", 200)
+    state.send("Count from one to fifty.")
+    with pytest.raises(Exception, match="Stop"):
+        state.send("another")
+    state.stop()
+    state.wait(10)
+
+
+def test_overflow_notice(state):
+    session = state.ensure_session()
+    session.set_param("n_ctx", 256)
+    session.set_param("max_tokens", 16)
+    long = "Tell me about the sea. " * 12  # ~70 tokens a message
+    for _ in range(3):
+        state.send(long)
+        state.wait(60)
+    assert state.dropped, "older turns should have been left out of a 256-token context"
+    assert state.items[0].message.content == long  # dropped from the prompt, not from the chat
+    used, n_ctx = state.context_usage()
+    assert n_ctx == 256 and used > 256  # the meter shows the branch is larger than the context
+
+
+def test_search_finds_chinese_substring_one_hit_per_conversation(state):
+    store = state.store
+    conv = store.create_conversation("旅行")
+    m = store.add_message(conv.id, None, "user", "我想去北京看看万里长城。")
+    store.add_message(conv.id, m.id, "assistant", "万里长城很长。")
+    store.create_conversation("other")
+    hits = state.search("万里长城")
+    assert [h.conversation_id for h in hits] == [conv.id]
+    assert [h.conversation_id for h in state.search("长城")] == [conv.id]  # two characters: LIKE fallback
+
+
+def test_conversation_list_actions(state):
+    short(state)
+    state.send("Hello")
+    state.wait(60)
+    conv_id = state.conversation_id
+    state.rename(conv_id, "问候")
+    state.toggle_pin(conv_id)
+    [conv] = state.conversations()
+    assert conv.title == "问候" and conv.pinned
+    state.delete(conv_id)
+    assert state.conversations() == [] and state.session is None and state.items == []
+    state.undo_delete()
+    assert [c.id for c in state.conversations()] == [conv_id]
+    state.open(conv_id)
+    assert len(state.items) == 2
+
+
+def test_incomplete_message_is_shown_marked(state):
+    store = state.store
+    conv = store.create_conversation("crash")
+    m = store.add_message(conv.id, None, "user", "hi")
+    store.add_message(conv.id, m.id, "assistant", "half a rep", complete=False)
+    state.open(conv.id)
+    assert not state.items[-1].message.complete
+
+
+def test_split_code_blocks():
+    segs = split_code_blocks("Here:\n```python\nprint('hi')\n```\nDone.")
+    assert [(s.kind, s.text, s.lang) for s in segs] == [("text", "Here:", ""), ("code", "print('hi')", "python"),
+                                                        ("text", "Done.", "")]
+    streaming = split_code_blocks("Look:\n```js\nlet a = 1;")
+    assert streaming[-1].kind == "code" and streaming[-1].text == "let a = 1;"
+    assert split_code_blocks("") == [split_code_blocks("")[0]] and split_code_blocks("plain")[0].text == "plain"
+
+
+def test_model_rows_badges(default_model_path):
+    rows = model_rows(4096, available=64 << 30)
+    local = [r for r in rows if r.local]
+    assert local and local[0].verdict == "fits" and local[0].size == default_model_path.stat().st_size
+    assert {r.verdict for r in model_rows(4096, available=1 << 20)} == {"wont_fit"}
+    big = next(r for r in model_rows(4096, available=6 << 30) if r.id == "qwen2.5-7b-instruct-q4_k_m")
+    assert big.verdict == "tight" and not big.local
+
+
+def test_every_label_is_translated():
+    assert set(STRINGS["zh"]) == set(STRINGS["en"])
+    assert tr("zh", "stop") == "停止" and tr("en", "context", used=5, n_ctx=10) == "Context 5 / 10"
+
+
+def test_listener_failure_does_not_stop_generation(state):
+    short(state, 8)
+    state.listen(lambda event: 1 / 0)
+    state.send("Hi")
+    assert state.wait(60) and state.error is None and state.items[-1].message.content
