@@ -7,29 +7,45 @@ Sources: llama.cpp `convert_hf_to_gguf.py`, `src/llama-vocab.cpp` (pre-tokenizer
 
 from __future__ import annotations
 
-from gguf import GGMLQuantizationType, LlamaFileType
+# Names, not gguf enums, so that `belle --help` and `belle chat` (which import the CLI modules that
+# import this) do not pay for importing gguf; `outtype_types` / `quant_ftype` resolve them.
 
 # --- converter output types -------------------------------------------------------------------
-# outtype -> (tensor type for 2-D weights, general.file_type). 1-D tensors (norms, biases) stay F32,
-# as in convert_hf_to_gguf.py: llama.cpp's CPU kernels want F32 for them.
-OUTTYPES: dict[str, tuple[GGMLQuantizationType, LlamaFileType]] = {
-    "f32": (GGMLQuantizationType.F32, LlamaFileType.ALL_F32),
-    "f16": (GGMLQuantizationType.F16, LlamaFileType.MOSTLY_F16),
-    "bf16": (GGMLQuantizationType.BF16, LlamaFileType.MOSTLY_BF16),
+# outtype -> (GGMLQuantizationType of 2-D weights, LlamaFileType for general.file_type). 1-D tensors
+# (norms, biases) stay F32, as in convert_hf_to_gguf.py: llama.cpp's CPU kernels want F32 for them.
+OUTTYPES: dict[str, tuple[str, str]] = {
+    "f32": ("F32", "ALL_F32"),
+    "f16": ("F16", "MOSTLY_F16"),
+    "bf16": ("BF16", "MOSTLY_BF16"),
 }
 
-# --- llama.cpp quantizer recipes (llama_ftype values, llama.h) ---------------------------------
-QUANT_TYPES: dict[str, LlamaFileType] = {
-    "Q8_0": LlamaFileType.MOSTLY_Q8_0,
-    "Q6_K": LlamaFileType.MOSTLY_Q6_K,
-    "Q5_K_M": LlamaFileType.MOSTLY_Q5_K_M,
-    "Q4_K_M": LlamaFileType.MOSTLY_Q4_K_M,
-    "Q4_K_S": LlamaFileType.MOSTLY_Q4_K_S,
-    "Q4_0": LlamaFileType.MOSTLY_Q4_0,
-    "Q4_1": LlamaFileType.MOSTLY_Q4_1,
-    "Q3_K_M": LlamaFileType.MOSTLY_Q3_K_M,
-    "Q2_K": LlamaFileType.MOSTLY_Q2_K,
+# --- llama.cpp quantizer recipes: name -> LlamaFileType member (llama_ftype in llama.h) ---------
+QUANT_TYPES: dict[str, str] = {
+    "Q8_0": "MOSTLY_Q8_0",
+    "Q6_K": "MOSTLY_Q6_K",
+    "Q5_K_M": "MOSTLY_Q5_K_M",
+    "Q4_K_M": "MOSTLY_Q4_K_M",
+    "Q4_K_S": "MOSTLY_Q4_K_S",
+    "Q4_0": "MOSTLY_Q4_0",
+    "Q4_1": "MOSTLY_Q4_1",
+    "Q3_K_M": "MOSTLY_Q3_K_M",
+    "Q2_K": "MOSTLY_Q2_K",
 }
+
+
+def outtype_types(outtype: str):
+    """(GGMLQuantizationType, LlamaFileType) for a converter --outtype."""
+    from gguf import GGMLQuantizationType, LlamaFileType
+
+    tensor_type, file_type = OUTTYPES[outtype]
+    return GGMLQuantizationType[tensor_type], LlamaFileType[file_type]
+
+
+def quant_ftype(qtype: str) -> int:
+    """The llama_ftype value of a quantization recipe name."""
+    from gguf import LlamaFileType
+
+    return int(LlamaFileType[QUANT_TYPES[qtype]])
 QUANT_METHODS = ("rtn", "imatrix")
 
 # --- tokenizer pre-tokenizers ------------------------------------------------------------------

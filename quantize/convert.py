@@ -20,7 +20,7 @@ from gguf import GGMLQuantizationType, GGUFWriter
 from belle.app.errors import BelleError, ModelFileError
 
 from .arch import Arch, BLOCK_RE, get_arch, need
-from .constants import OUTTYPES
+from .constants import OUTTYPES, outtype_types
 from .hf_reader import HFCheckpoint
 from .vocab import default_chat_template, read_vocab, resolve_chat_template, write_vocab
 
@@ -55,7 +55,7 @@ def plan_tensors(ckpt: HFCheckpoint, arch: Arch, outtype: str) -> list[PlannedTe
     n_blocks = need(cfg, "num_hidden_layers", "n_layer")
     name_map = gguf.get_tensor_name_map(arch.gguf_arch, n_blocks)
     expected = arch.shapes(cfg)
-    weight_type = OUTTYPES[outtype][0]
+    weight_type = outtype_types(outtype)[0]
     plan: list[PlannedTensor] = []
     seen_kinds: dict[int, set[str]] = {b: set() for b in range(n_blocks)}
     for hf_name, entry in ckpt.entries.items():
@@ -120,7 +120,7 @@ def convert(model_dir: Path, out: Path, outtype: str = "f16", *, force: bool = F
         writer.add_type(gguf.GGUFType.MODEL)
         writer.add_name(str(cfg.get("_name_or_path") or cfg.get("_model_name_or_path") or model_dir.resolve().name))
         arch.write_hparams(writer, cfg)
-        writer.add_file_type(OUTTYPES[outtype][1])
+        writer.add_file_type(outtype_types(outtype)[1])
         write_vocab(writer, model_dir, vocab,
                     chat_template=resolve_chat_template(chat_template) if chat_template else None,
                     fallback_template=default_chat_template(model_dir, cfg))

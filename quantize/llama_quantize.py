@@ -21,7 +21,7 @@ from gguf import LlamaFileType
 
 from belle.app.errors import BelleError, ModelFileError
 
-from .constants import QUANT_TYPES
+from .constants import QUANT_TYPES, quant_ftype
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def quantize(src: Path, dst: Path, qtype: str, *, imatrix: dict[str, np.ndarray]
         raise BelleError(f"{dst}: output would overwrite the input")
 
     start = time.perf_counter()
-    _run(src, dst, int(QUANT_TYPES[qtype]), imatrix=imatrix, nthread=nthread, what=qtype)
+    _run(src, dst, quant_ftype(qtype), imatrix=imatrix, nthread=nthread, what=qtype)
     seconds = time.perf_counter() - start
     log.info("quantized %s -> %s (%s) in %.1f s", src, dst, qtype, seconds)
     return QuantizeResult(dst, qtype, "imatrix" if imatrix else "rtn", seconds, dst.stat().st_size)

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import ASSETS, llama_logits
 
-from belle.quantize.constants import QUANT_TYPES
+from belle.quantize.constants import QUANT_TYPES, quant_ftype
 
 # the type llama.cpp's recipes give blk.N.attn_q.weight (src/llama-quant.cpp, llama_tensor_get_type)
 ATTN_Q_TYPE = {"Q8_0": "Q8_0", "Q6_K": "Q6_K", "Q5_K_M": "Q5_K", "Q4_K_M": "Q4_K", "Q4_K_S": "Q4_K",
@@ -31,7 +31,7 @@ def test_every_rtn_type(tiny_gguf, tmp_path):
     for qtype in QUANT_TYPES:
         result = quantize(src, tmp_path / f"{qtype}.gguf", qtype)
         types, ftype = tensor_types(result.path)
-        assert ftype == int(QUANT_TYPES[qtype]), qtype
+        assert ftype == quant_ftype(qtype), qtype
         assert types["blk.0.attn_q.weight"] == ATTN_Q_TYPE[qtype], qtype
         assert types["blk.0.attn_norm.weight"] == "F32"
         assert result.size_bytes < src.stat().st_size
@@ -159,3 +159,23 @@ def test_smollm2_imatrix_beats_rtn_on_heldout_text(smollm2_f32, tmp_path):
     by_name = {row.model: row for row in report.candidates}
     assert by_name["imatrix.gguf"].mean_kld < by_name["rtn.gguf"].mean_kld
     assert by_name["imatrix.gguf"].ppl < by_name["rtn.gguf"].ppl
+
+
+def test_cli_quantize_rtn_and_imatrix(tiny_gguf, tmp_path, capsys):
+    """Through the real dispatcher: rtn, imatrix (computed and saved), then the saved imatrix reused."""
+    from belle.app.cli import main
+    from belle.quantize.imatrix import load_gguf
+
+    src = str(tiny_gguf("llama-wide"))
+    assert main(["quantize", src, "-o", str(tmp_path / "rtn.gguf"), "--type", "Q4_K_M"]) == 0
+    assert main(["quantize", src, "-o", str(tmp_path / "im.gguf"), "--type", "Q4_K_M", "--method", "imatrix",
+                 "--ctx", "64", "--chunks", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "imatrix: 4 chunks of 64 tokens" in out and "im.imatrix.gguf" in out and "Q4_K_M, imatrix" in out
+    saved = load_gguf(tmp_path / "im.imatrix.gguf")
+    assert saved.chunk_count == 4 and all(c == 256 for c in saved.counts.values())
+    assert main(["quantize", src, "-o", str(tmp_path / "again.gguf"), "--type", "Q4_K_M", "--method", "imatrix",
+                 "--imatrix", str(tmp_path / "im.imatrix.gguf")]) == 0
+    # same imatrix, same quantizer: identical files; and different from round-to-nearest
+    assert (tmp_path / "again.gguf").read_bytes() == (tmp_path / "im.gguf").read_bytes()
+    assert (tmp_path / "rtn.gguf").read_bytes() != (tmp_path / "im.gguf").read_bytes()
