@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-ASSETS = HERE.parents[1] / "assets"
 sys.path.insert(0, str(HERE))
 
 import tiny_models  # noqa: E402
+from quantize_helpers import ASSETS  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -57,17 +57,3 @@ def smollm2_f32(smollm2_hf, tmp_path_factory) -> Path:
     from belle.quantize.convert import convert
 
     return convert(smollm2_hf, tmp_path_factory.mktemp("smollm2-gguf") / "smollm2.f32.gguf", "f32")
-
-
-def llama_logits(path: Path, ids: list[int], n_ctx: int = 256):
-    """llama.cpp logits for every position of `ids` (F32 KV cache, so only the weights differ)."""
-    import llama_cpp
-    import numpy as np
-
-    llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, logits_all=True, verbose=False, n_threads=2,
-                          type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
-    try:
-        llm.eval(ids)
-        return np.array(llm.scores[: len(ids)], dtype=np.float32)
-    finally:
-        llm.close()

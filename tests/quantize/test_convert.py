@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import llama_logits
+from quantize_helpers import llama_logits
 
 KINDS = ["llama-bpe", "llama-spm", "qwen2", "bloom"]
 

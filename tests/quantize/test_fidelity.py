@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import ASSETS
+from quantize_helpers import ASSETS
 
 
 def test_reference_against_itself_is_perfect(tiny_gguf, tmp_path):

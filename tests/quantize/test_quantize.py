@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import ASSETS, llama_logits
+from quantize_helpers import ASSETS, llama_logits
 
 from belle.quantize.constants import QUANT_TYPES, quant_ftype
 
