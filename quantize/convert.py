@@ -93,9 +93,24 @@ def _file_order(t: PlannedTensor) -> tuple[int, int, str]:
     return (0 if t.gguf_name.startswith("token_embd") else 2, 0, t.gguf_name)
 
 
+ENCODE_ROWS = 4096  # rows converted at a time, so F16/BF16 temporaries stay small even for a 250k-row embedding
+
+
 def _encode(x: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
+    """float32 [rows, ...] -> the bytes GGUF stores for qtype (F32, F16, or BF16 as raw uint8)."""
     if qtype == GGMLQuantizationType.F32:
         return np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim < 2 or x.shape[0] <= ENCODE_ROWS:
+        return _encode_half(x, qtype)
+    first = _encode_half(x[:ENCODE_ROWS], qtype)
+    out = np.empty((x.shape[0], *first.shape[1:]), dtype=first.dtype)
+    out[:ENCODE_ROWS] = first
+    for i in range(ENCODE_ROWS, x.shape[0], ENCODE_ROWS):
+        out[i:i + ENCODE_ROWS] = _encode_half(x[i:i + ENCODE_ROWS], qtype)
+    return out
+
+
+def _encode_half(x: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
     if qtype == GGMLQuantizationType.F16:
         return np.ascontiguousarray(x, dtype=np.float16)
     return gguf.quants.quantize(np.ascontiguousarray(x, dtype=np.float32), qtype)  # BF16, as raw bytes

@@ -185,3 +185,19 @@ def test_conversion_streams_one_tensor_at_a_time(tmp_path):
     growth = max(peak) - base
     assert total > 50e6  # bf16 bytes; 100 MB as float32
     assert growth < 4 * largest + 8e6, f"memory grew by {growth / 1e6:.0f} MB for a {total / 1e6:.0f} MB model"
+
+
+def test_half_precision_encoding_in_row_slices_is_exact(monkeypatch):
+    """Big tensors are encoded a slice of rows at a time; the bytes must not change."""
+    import gguf
+
+    from belle.quantize import convert as conv
+
+    x = np.random.default_rng(0).normal(size=(1000, 48)).astype(np.float32)
+    for qtype in (gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.BF16):
+        whole = conv._encode(x, qtype)
+        monkeypatch.setattr(conv, "ENCODE_ROWS", 64)
+        sliced = conv._encode(x, qtype)
+        monkeypatch.undo()
+        assert sliced.dtype == whole.dtype and sliced.shape == whole.shape
+        assert sliced.tobytes() == whole.tobytes()
