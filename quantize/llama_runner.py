@@ -104,4 +104,7 @@ class LlamaRunner:
         self.close()
 
     def __del__(self) -> None:
-        self.close()
+        try:
+            self.close()
+        except Exception:  # at interpreter shutdown the binding may already be gone
+            pass
