@@ -201,3 +201,39 @@ def test_half_precision_encoding_in_row_slices_is_exact(monkeypatch):
         monkeypatch.undo()
         assert sliced.dtype == whole.dtype and sliced.shape == whole.shape
         assert sliced.tobytes() == whole.tobytes()
+
+
+def test_sentencepiece_with_added_pad_token(tiny_model, tmp_path):
+    """Chinese-Alpaca style: a SentencePiece model plus a <pad> added on top (added_tokens.json)."""
+    import gguf
+    import llama_cpp
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from belle.quantize.convert import convert
+
+    src = tiny_model("llama-spm")
+    model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32)
+    model.resize_token_embeddings(1001)
+    model.config.pad_token_id = 1000
+    d = tmp_path / "alpaca"
+    model.save_pretrained(str(d))
+    (d / "tokenizer.model").write_bytes((src / "tokenizer.model").read_bytes())
+    tok_cfg = json.loads((src / "tokenizer_config.json").read_text())
+    tok_cfg["pad_token"] = "<pad>"
+    (d / "tokenizer_config.json").write_text(json.dumps(tok_cfg))
+    (d / "added_tokens.json").write_text(json.dumps({"<pad>": 1000}))
+    out = convert(d, tmp_path / "alpaca.gguf", "f32")
+
+    reader = gguf.GGUFReader(out)
+    tokens = reader.fields["tokenizer.ggml.tokens"].contents()
+    types = reader.fields["tokenizer.ggml.token_type"].contents()
+    assert len(tokens) == 1001 and tokens[1000] == "<pad>" and types[1000] == gguf.TokenType.CONTROL
+    assert reader.fields["tokenizer.ggml.padding_token_id"].contents() == 1000
+    ids = [1, 500, 20, 1000, 7, 999]
+    ref = hf_logits(d, ids)
+    got = llama_logits(out, ids)
+    assert np.abs(got - ref).max() / np.abs(ref).max() < 1e-3
+    llm = llama_cpp.Llama(str(out), vocab_only=True, verbose=False)
+    assert llm.tokenize("<pad>".encode(), add_bos=False, special=True) == [1000]
+    llm.close()
