@@ -237,3 +237,23 @@ def test_sentencepiece_with_added_pad_token(tiny_model, tmp_path):
     llm = llama_cpp.Llama(str(out), vocab_only=True, verbose=False)
     assert llm.tokenize("<pad>".encode(), add_bos=False, special=True) == [1000]
     llm.close()
+
+
+def test_failure_mid_stream_leaves_no_file(tiny_model, tmp_path, monkeypatch):
+    from belle.app.errors import ModelFileError
+    from belle.quantize import hf_reader
+    from belle.quantize.convert import convert
+
+    real = hf_reader.HFCheckpoint.tensor
+    calls = []
+
+    def flaky(self, name):
+        calls.append(name)
+        if len(calls) == 5:
+            raise ModelFileError(f"model.safetensors: cannot read tensor {name} (simulated)")
+        return real(self, name)
+
+    monkeypatch.setattr(hf_reader.HFCheckpoint, "tensor", flaky)
+    with pytest.raises(ModelFileError, match="simulated"):
+        convert(tiny_model("llama-bpe"), tmp_path / "o.gguf", "f32")
+    assert list(tmp_path.iterdir()) == []
