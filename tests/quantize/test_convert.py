@@ -254,6 +254,8 @@ def test_failure_mid_stream_leaves_no_file(tiny_model, tmp_path, monkeypatch):
         return real(self, name)
 
     monkeypatch.setattr(hf_reader.HFCheckpoint, "tensor", flaky)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
     with pytest.raises(ModelFileError, match="simulated"):
-        convert(tiny_model("llama-bpe"), tmp_path / "o.gguf", "f32")
-    assert list(tmp_path.iterdir()) == []
+        convert(tiny_model("llama-bpe"), out_dir / "o.gguf", "f32")
+    assert len(calls) == 5 and list(out_dir.iterdir()) == []
