@@ -6,6 +6,7 @@ Sources: llama.cpp `convert_hf_to_gguf.py`, `src/llama-vocab.cpp` (pre-tokenizer
 """
 
 from __future__ import annotations
+from belle.app.template_data import BELLE_JINJA, CHATML_JINJA
 
 # Names, not gguf enums, so that `belle --help` and `belle chat` (which import the CLI modules that
 # import this) do not pay for importing gguf; `outtype_types` / `quant_ftype` resolve them.
@@ -71,16 +72,9 @@ PRE_TOKENIZERS: dict[tuple[str, ...], str] = {
 SENTENCEPIECE_PRE = "default"
 
 # --- chat templates ----------------------------------------------------------------------------
-# BELLE's published prompt format (BELLE README): "Human: {instruction} \n\nAssistant: {answer}".
-BELLE_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
-    "{% elif message['role'] == 'user' %}{{ 'Human: ' + message['content'] + ' \n\n' }}"
-    "{% else %}{{ 'Assistant: ' + message['content'] + eos_token + '\n\n' }}{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}"
-)
-CHAT_TEMPLATES: dict[str, str] = {"belle": BELLE_CHAT_TEMPLATE}
+# One definition for the app and the converter: the format BELLE trains on (train v2,
+# "Human: \n{text}\n\nAssistant: \n" + answer + EOS), so a converted BELLE model and the app agree.
+CHAT_TEMPLATES: dict[str, str] = {"belle": BELLE_JINJA, "chatml": CHATML_JINJA}
 
 # --- evaluation (tools/perplexity/perplexity.cpp) ----------------------------------------------
 PPL_CHUNK = 512  # llama.cpp's default n_ctx for perplexity; the first half of each chunk is context only

@@ -88,21 +88,24 @@ def test_metadata_special_tokens_and_templates(tiny_gguf):
     assert fields("qwen2")["tokenizer.ggml.pre"] == "qwen2"
     bloom = fields("bloom")
     assert bloom["tokenizer.ggml.pre"] == "bloom"
-    # a BELLE model gets BELLE's prompt format as its chat template
-    assert "Human: " in bloom["tokenizer.chat_template"] and "Assistant: " in bloom["tokenizer.chat_template"]
+    # a BELLE model gets BELLE's training format as its chat template: the very string the app renders
+    from belle.app.template_data import BELLE_JINJA
+
+    assert bloom["tokenizer.chat_template"] == BELLE_JINJA
     assert "tokenizer.chat_template" not in bpe
 
 
-def test_belle_template_renders_belle_prompt():
+def test_belle_template_renders_belle_training_format():
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    from belle.quantize.constants import BELLE_CHAT_TEMPLATE
+    from belle.quantize.constants import CHAT_TEMPLATES
 
     env = ImmutableSandboxedEnvironment()
     msgs = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！"},
             {"role": "user", "content": "What is 2+2?"}]
-    text = env.from_string(BELLE_CHAT_TEMPLATE).render(messages=msgs, add_generation_prompt=True, eos_token="</s>")
-    assert text == "Human: 你好 \n\nAssistant: 你好！</s>\n\nHuman: What is 2+2? \n\nAssistant: "
+    text = env.from_string(CHAT_TEMPLATES["belle"]).render(messages=msgs, add_generation_prompt=True, eos_token="</s>")
+    # BELLE train v2 (sample_generator.py): no space after the colon-newline, EOS right after the answer
+    assert text == "Human: \n你好\n\nAssistant: \n你好！</s>Human: \nWhat is 2+2?\n\nAssistant: \n"
 
 
 @pytest.mark.parametrize("outtype,tol", [("f16", 2e-2), ("bf16", 6e-2)])
