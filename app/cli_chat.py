@@ -138,7 +138,10 @@ class Repl:
 
     def loop(self) -> int:
         self._setup_readline()
+        path = models.resolve(self.session.conversation.model)
+        print(f"loading {path.name} ({human_bytes(path.stat().st_size)})…", end="", flush=True)
         engine = self.session.engine()
+        print("\r\033[K", end="")  # replace the loading line with the banner
         print(f"belle chat · {engine.info.name} ({engine.template.name} template, n_ctx {engine.n_ctx}) · "
               f"conversation {self.session.id}. /help for commands, /bye to quit.")
         self._print_branch(last=4)
