@@ -11,6 +11,9 @@ def on_loop(page: ft.Page, fn: Callable, *args) -> None:
     """Run fn(*args) on the page's event loop: now if already there, else as soon as the loop is free."""
     try:
         asyncio.get_running_loop()
-        fn(*args)
     except RuntimeError:
-        page.session.connection.loop.call_soon_threadsafe(fn, *args)
+        connection = page.session.connection if page.session else None
+        if connection is not None:  # None: the tab is gone; the reply is still saved by the worker
+            connection.loop.call_soon_threadsafe(fn, *args)
+        return
+    fn(*args)

@@ -148,7 +148,7 @@ def test_search_finds_chinese_substring(app_page, output_dir, belle_home):
     page.screenshot(path=output_dir / "opened.png")
 
 
-def test_reload_keeps_conversation(app_page, output_dir):
+def test_reload_keeps_conversation(app_page, browser, output_dir):
     page = app_page()
     send(page, "Say hello in one word.")
     wait_reply_done(page)
@@ -157,10 +157,18 @@ def test_reload_keeps_conversation(app_page, output_dir):
     answer = store.path_to(conv.current_leaf)[-1].content
     page.reload()
     enable_semantics(page)
-    wait_until(lambda: "Say hello in one word." in texts(page), 20, "the conversation in the sidebar")
-    tile(page, "Say hello in one word.").click()
-    wait_until(lambda: answer.split()[0] in texts(page).split("Assistant", 1)[-1], 10, "the saved answer")
+    wait_until(lambda: "Say hello in one word." in texts(page), 20, "the conversation after reload")
     page.screenshot(path=output_dir / "after_reload.png")
+    # Flet keeps a tab's session across reloads; a new browser profile gets a new session, which
+    # can only show the conversation if it came from the store
+    fresh = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
+    fresh.goto(page.server.url)
+    enable_semantics(fresh)
+    wait_until(lambda: "Say hello in one word." in texts(fresh), 20, "the conversation in a new session")
+    tile(fresh, "Say hello in one word.").click()
+    wait_until(lambda: answer.split()[0] in texts(fresh).split("Assistant", 1)[-1], 10, "the saved answer")
+    fresh.screenshot(path=output_dir / "new_session.png")
+    fresh.context.close()
 
 
 def test_phone_layout_has_drawer(app_page, output_dir):
