@@ -202,3 +202,64 @@ def test_bad_gguf_in_model_panel_shows_error(app_page, output_dir, tmp_path):
     wait_reply_done(page)
     assert last_reply()
     page.screenshot(path=output_dir / "still_working.png")
+
+
+MARKDOWN_REPLY = """Here is a **table**, a list and code:
+
+| 城市 | 人口 |
+|---|---|
+| 北京 | 2189 万 |
+| 上海 | 2487 万 |
+
+1. first
+2. second
+
+```python
+print("你好")
+```
+"""
+
+
+def test_markdown_code_block_and_incomplete_reply(app_page, output_dir):
+    store = ChatStore(paths.store_path())
+    conv = store.create_conversation("Markdown")
+    user = store.add_message(conv.id, None, "user", "Show me Markdown")
+    store.add_message(conv.id, user.id, "assistant", MARKDOWN_REPLY)
+    crashed = store.create_conversation("Crashed")
+    user = store.add_message(crashed.id, None, "user", "Tell me a story")
+    store.add_message(crashed.id, user.id, "assistant", "Once upon a", complete=False)
+    store.close()
+    page = app_page()
+    tile(page, "Markdown").click()
+    wait_until(lambda: "2189" in texts(page), 10, "the table")
+    assert "Copy code" in texts(page) and "python" in texts(page)
+    page.wait_for_timeout(1500)  # the table and code block take a moment to paint in software
+    page.screenshot(path=output_dir / "markdown.png")
+    tile(page, "Crashed").click()
+    wait_until(lambda: "incomplete" in texts(page), 10, "the incomplete mark")
+    page.screenshot(path=output_dir / "incomplete.png")
+
+
+def test_escape_stops_and_settings_persist(app_page, output_dir):
+    page = app_page()
+    send(page, "Write a very long story about a dragon who learns to cook. Make it at least 2000 words.")
+    wait_until(lambda: len(last_reply()) > 40, 30, "some streamed text")
+    page.keyboard.press("Escape")
+    wait_until(lambda: visible(page, "Send"), 10, "Esc to stop the reply")
+    store = ChatStore(paths.store_path())
+    [conv] = store.list_conversations()
+    assert store.path_to(conv.current_leaf)[-1].stats["stop_reason"] == "cancelled"
+    button(page, "Chat settings").click()
+    system = page.locator('textarea[aria-label="System prompt"]')
+    system.wait_for(timeout=10000)
+    system.click()
+    system.fill("你是一个乐于助人的助手。")
+    temp = page.locator('input[aria-label="Temperature"]')
+    temp.click()
+    temp.fill("0.2")
+    page.wait_for_timeout(500)
+    page.screenshot(path=output_dir / "settings.png")
+    page.get_by_role("button", name="Save", exact=True).click()
+    wait_until(lambda: store.get_conversation(conv.id).system_prompt == "你是一个乐于助人的助手。", 10,
+               "the system prompt to be saved")
+    assert store.get_conversation(conv.id).settings["sampling"]["temperature"] == 0.2
