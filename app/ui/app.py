@@ -1,9 +1,10 @@
 """The Flet app: builds the page from the controls and wires them to one ChatState per browser tab.
 
 Flet runs event handlers on its event loop; generation runs in a worker thread, so state events
-from there are handed back to the loop (`_on_loop`) before any control is touched."""
+from there are handed back to the loop (`loop.on_loop`) before any control is touched."""
 
 import logging
+import threading
 from collections.abc import Callable
 
 import flet as ft
@@ -12,9 +13,10 @@ from ..chat_store import ChatStore
 from ..config import load_config
 from ..errors import BelleError
 from ..export import from_json, to_json, to_markdown
+from ..gguf_info import human_bytes
 from ..session import EngineCache
 from . import state as events
-from . import theme
+from . import first_run, theme
 from .chat_view import ChatView
 from .i18n import system_language, tr
 from .loop import on_loop
@@ -69,6 +71,39 @@ class BelleApp:
         self.sidebar.render()
         self.chat.render_messages()
         page.update()
+        self.fetch_default_model()
+
+    def fetch_default_model(self) -> None:
+        entry = first_run.missing_default_model(self.config.default_model)
+        if entry is None:
+            return
+        banner = self.chat.banner
+        banner.visible = True
+        self.chat.banner_text.value = self.t("fetching_default", name=entry.name,
+                                             size=human_bytes(entry.size) if entry.size else "?")
+        self.page.update()
+
+        def progress(done: int, total: int) -> None:
+            on_loop(self.page, self._banner_progress, done / total if total else None)
+
+        def work() -> None:
+            try:
+                first_run.fetch(entry, progress)
+                on_loop(self.page, self._banner_done, None)
+            except BelleError as err:
+                on_loop(self.page, self._banner_done, str(err))
+
+        threading.Thread(target=work, daemon=True, name="belle-fetch-default").start()
+
+    def _banner_progress(self, fraction: float | None) -> None:
+        self.chat.banner_bar.value = fraction
+        self.chat.banner.update()
+
+    def _banner_done(self, error: str | None) -> None:
+        self.chat.banner.visible = False
+        if error:
+            self.chat.show_error(self.t("fetch_failed", message=error))
+        self.page.update()
 
     def sidebar_footer(self) -> list[ft.Control]:
         return []

@@ -23,6 +23,11 @@ class ChatView:
         self.progress = ft.ProgressBar(visible=False)
         self.notice = ft.Container(ft.Text("", size=12), visible=False, padding=8, border_radius=8,
                                    bgcolor=ft.Colors.TERTIARY_CONTAINER, margin=ft.Margin(12, 4, 12, 0))
+        self.banner_text = ft.Text("", size=12)
+        self.banner_bar = ft.ProgressBar(value=0)
+        self.banner = ft.Container(ft.Column([self.banner_text, self.banner_bar], spacing=4, tight=True),
+                                   visible=False, padding=8, border_radius=8, bgcolor=ft.Colors.SECONDARY_CONTAINER,
+                                   margin=ft.Margin(12, 4, 12, 0))
         self.error = ft.Container(ft.Text("", size=12, color=ft.Colors.ON_ERROR_CONTAINER, selectable=True),
                                   visible=False, padding=8, border_radius=8, bgcolor=ft.Colors.ERROR_CONTAINER,
                                   margin=ft.Margin(12, 4, 12, 0))
@@ -34,7 +39,7 @@ class ChatView:
         header = ft.Container(ft.Row([self.menu_button, self.title, self.meter, *header_actions],
                                      vertical_alignment=ft.CrossAxisAlignment.CENTER),
                               padding=ft.Padding(8, 4, 8, 4))
-        self.control = ft.Column([header, self.progress, self.notice, self.error,
+        self.control = ft.Column([header, self.progress, self.banner, self.notice, self.error,
                                   self.list, self.composer.control],
                                  expand=True, spacing=0)
 

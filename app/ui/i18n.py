@@ -78,6 +78,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "exported": "Saved to {path}",
         "error": "Error: {message}",
         "more": "More",
+        "fetching_default": "Getting the default model {name} ({size}) once, so you can start chatting…",
+        "fetch_failed": "Could not get the default model: {message}. Connect once, or import a GGUF in Models.",
     },
     "zh": {
         "app_title": "Belle",
@@ -150,6 +152,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "exported": "已保存到 {path}",
         "error": "出错了：{message}",
         "more": "更多",
+        "fetching_default": "正在获取默认模型 {name}（{size}），只需一次，完成后即可开始对话…",
+        "fetch_failed": "无法获取默认模型：{message}。请联网一次，或在“模型”中导入 GGUF 文件。",
     },
 }
 

@@ -196,7 +196,8 @@ def test_bad_gguf_in_model_panel_shows_error(app_page, output_dir, tmp_path):
     page.get_by_role("button", name="Import", exact=True).click()
     wait_until(lambda: "corrupt GGUF header" in texts(page), 20, "the error message")
     page.screenshot(path=output_dir / "bad_gguf.png")
-    assert not (default_models := [p.name for p in bad.parent.glob("*.part")])  # nothing half-copied
+    models_dir = paths.models_dir()
+    assert not list(models_dir.glob("broken.gguf*")), "a bad file must not be installed, not even as .part"
     page.get_by_role("button", name="Close", exact=True).click()
     send(page, "Say hi.")
     wait_reply_done(page)

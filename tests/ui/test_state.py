@@ -2,7 +2,6 @@
 branch switch, edit, search, the overflow notice, the conversation list."""
 
 import math
-import threading
 import time
 
 import pytest
@@ -188,3 +187,13 @@ def test_listener_failure_does_not_stop_generation(state):
     state.listen(lambda event: 1 / 0)
     state.send("Hi")
     assert state.wait(60) and state.error is None and state.items[-1].message.content
+
+
+def test_first_run_fetches_only_a_missing_default_model(default_model_path, monkeypatch, tmp_path):
+    from belle.app.ui.first_run import missing_default_model
+
+    assert missing_default_model(None) is None  # the test models folder has it
+    monkeypatch.setenv("BELLE_MODELS_DIR", str(tmp_path / "empty"))
+    entry = missing_default_model(None)
+    assert entry is not None and entry.id == "smollm2-135m"
+    assert missing_default_model("qwen2.5-7b-instruct-q4_k_m") is None  # not fetchable by us: the send error says how
