@@ -65,6 +65,8 @@ class BelleApp:
         self.chat = ChatView(self.state, t, actions, self.header_actions(), on_menu=self.open_drawer)
         self.models = ModelPanel(page, self.state, t, on_loaded=lambda: self._on_state(events.STATUS))
         self.settings = SettingsPanel(page, self.state, self.config, t, on_app_change=self.rebuild)
+        self.chat.dark = theme.is_dark(page, self.config.theme)
+        page.on_platform_brightness_change = self.on_brightness
         page.on_resize = lambda e: self.layout()
         page.on_keyboard_event = self.on_key
         self.layout(force=True)
@@ -261,6 +263,11 @@ class BelleApp:
             self.toast(self.t("error", message=str(err)))
             return
         self.open(conv_id)
+
+    def on_brightness(self, e=None) -> None:
+        self.chat.dark = theme.is_dark(self.page, self.config.theme)
+        self.chat.render_messages()
+        self.page.update()
 
     def on_key(self, e: ft.KeyboardEvent) -> None:
         if e.key == "Escape":

@@ -36,6 +36,7 @@ class ChatView:
         self.list = ft.ListView(expand=True, spacing=12, padding=16, auto_scroll=True)
         self.composer = Composer(t, self.send, state.stop)
         self.live: ft.Markdown | None = None
+        self.dark = False  # picks the code-block colours
         header = ft.Container(ft.Row([self.menu_button, self.title, self.meter, *header_actions],
                                      vertical_alignment=ft.CrossAxisAlignment.CENTER),
                               padding=ft.Padding(8, 4, 8, 4))
@@ -61,7 +62,8 @@ class ChatView:
         controls = []
         for i, item in enumerate(s.items):
             streaming = s.streaming_text if item.id == s.streaming_id else None
-            row, live = message_view.build(item, self.t, self.actions, i == len(s.items) - 1, s.busy, streaming)
+            row, live = message_view.build(item, self.t, self.actions, i == len(s.items) - 1, s.busy, streaming,
+                                           self.dark)
             self.live = live or self.live
             controls.append(row)
         self.list.controls = controls or [self.empty]

@@ -17,24 +17,24 @@ class MessageActions:
     switch: Callable[[int, int], None]
 
 
-def markdown(text: str) -> ft.Markdown:
+def markdown(text: str, dark: bool = False) -> ft.Markdown:
     # GITHUB_WEB: fenced code blocks, tables and task lists (the default set shows code inline)
     return ft.Markdown(text, selectable=True, extension_set=ft.MarkdownExtensionSet.GITHUB_WEB,
-                       code_theme=ft.MarkdownCodeTheme.ATOM_ONE_LIGHT)
+                       code_theme=ft.MarkdownCodeTheme.ATOM_ONE_DARK if dark else ft.MarkdownCodeTheme.ATOM_ONE_LIGHT)
 
 
-def code_block(code: str, lang: str, t, copy: Callable[[str], None]) -> ft.Control:
+def code_block(code: str, lang: str, t, copy: Callable[[str], None], dark: bool = False) -> ft.Control:
     header = ft.Row([ft.Text(lang or "code", size=11, color=ft.Colors.ON_SURFACE_VARIANT),
                      ft.IconButton(ft.Icons.COPY_ALL, icon_size=16, tooltip=t("copy_code"),
                                    on_click=lambda e: copy(code))],
                     alignment=ft.MainAxisAlignment.SPACE_BETWEEN)
-    return ft.Container(ft.Column([header, markdown(f"```{lang}\n{code}\n```")], spacing=0),
+    return ft.Container(ft.Column([header, markdown(f"```{lang}\n{code}\n```", dark)], spacing=0),
                         border=ft.Border.all(1, ft.Colors.OUTLINE_VARIANT), border_radius=8,
                         padding=ft.Padding(8, 0, 8, 8))
 
 
-def body(text: str, t, copy: Callable[[str], None]) -> list[ft.Control]:
-    return [markdown(s.text) if s.kind == "text" else code_block(s.text, s.lang, t, copy)
+def body(text: str, t, copy: Callable[[str], None], dark: bool = False) -> list[ft.Control]:
+    return [markdown(s.text, dark) if s.kind == "text" else code_block(s.text, s.lang, t, copy, dark)
             for s in split_code_blocks(text)]
 
 
@@ -51,16 +51,16 @@ def stats_line(stats: dict | None, t) -> str:
 
 
 def build(item: MessageItem, t, actions: MessageActions, is_last: bool, busy: bool,
-          streaming_text: str | None = None) -> tuple[ft.Control, ft.Markdown | None]:
+          streaming_text: str | None = None, dark: bool = False) -> tuple[ft.Control, ft.Markdown | None]:
     """The control for one message; while it streams, also the Markdown to update in place."""
     msg = item.message
     user = msg.role == "user"
     live = None
     if streaming_text is not None:
-        live = markdown(streaming_text or "…")
+        live = markdown(streaming_text or "…", dark)
         content: list[ft.Control] = [live]
     else:
-        content = body(msg.content, t, actions.copy)
+        content = body(msg.content, t, actions.copy, dark)
     if not msg.complete and streaming_text is None:
         content.append(ft.Text(t("incomplete"), size=11, italic=True, color=ft.Colors.ERROR))
 

@@ -22,3 +22,7 @@ def apply(page: ft.Page, mode: str) -> None:
 def badge(text: str, verdict: str) -> ft.Control:
     return ft.Container(ft.Text(text, size=11, color=ft.Colors.WHITE), bgcolor=BADGE_COLORS.get(verdict, ft.Colors.GREY),
                         border_radius=8, padding=ft.Padding(8, 2, 8, 2))
+
+
+def is_dark(page: ft.Page, mode: str) -> bool:
+    return mode == "dark" or (mode not in MODES or mode == "system") and page.platform_brightness == ft.Brightness.DARK
