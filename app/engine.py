@@ -116,6 +116,7 @@ class Reply:
         stats.cached_tokens = _common_prefix(llm._input_ids.tolist(), tokens) if llm.n_tokens else 0
         llm.set_seed(s.seed if s.seed >= 0 else int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF)
         stop_strings = self.engine.template.stop
+        n_ctx = llm.n_ctx()
         hold = max((len(x) for x in stop_strings), default=0)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         pending = ""  # decoded text not yet yielded (may hold the start of a stop string)
@@ -154,7 +155,7 @@ class Reply:
                 if stats.generated_tokens >= s.max_tokens:
                     stats.stop_reason = "length"
                     break
-                if llm.n_tokens + 1 >= llm.n_ctx():
+                if llm.n_tokens + 1 >= n_ctx:
                     stats.stop_reason = "context"
                     break
         finally:
