@@ -30,9 +30,11 @@ log = logging.getLogger(__name__)
 
 # Page updates per second while a reply streams. Each one makes the browser lay out and paint a
 # frame; on a 2-core machine without a GPU (Chromium software rendering) that CPU comes out of
-# llama.cpp's: benchmarks/ui_throughput.py measured UI/engine tok/s 0.40 at 20 updates/s and 0.76
-# at 10. 10 a second still reads as smooth streaming.
-STREAM_UPDATES_PER_S = 10.0
+# llama.cpp's: benchmarks/ui_throughput.py measured UI/engine tok/s 0.40 at 20 updates/s, ~0.7 at
+# 10 and ~0.95 at 5. Plain Text instead of Markdown while streaming did not help (0.69 vs 0.68 at
+# 10/s): the cost is painting the frame, not Markdown layout. This is a ceiling, not a pace: a
+# model slower than 5 tok/s (7B on a laptop) still shows every token as it comes.
+STREAM_UPDATES_PER_S = 5.0
 
 
 class BelleApp:
