@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set up (if needed) and start belle's chat on the default model.
+# Set up (if needed) and open the chat app on the default model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-exec .venv/bin/belle chat "$@"
+exec .venv/bin/belle ui "$@"
