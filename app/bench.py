@@ -73,6 +73,7 @@ def worker(side: str, model: str, n_ctx: int, threads: int, decode_tokens: int, 
             ttft.append((first or time.perf_counter()) - start)
             messages.append({"role": "assistant", "content": text})
         out["ttft_s"] = ttft
+        engine.close()
     else:
         from .chat_store import ChatStore
         from .session import ChatSession, ConversationSettings, EngineCache
@@ -86,23 +87,18 @@ def worker(side: str, model: str, n_ctx: int, threads: int, decode_tokens: int, 
         reply = engine.reply(decode_msgs, Sampling(max_tokens=decode_tokens, **greedy))
         list(reply)
         out.update(decode_tok_s=reply.stats.decode_tok_s, decode_tokens=reply.stats.generated_tokens)
+        engine.close()  # the conversation below goes through the app's own engine cache, as in the UI
         with tempfile.TemporaryDirectory() as tmp:
             store = ChatStore(os.path.join(tmp, "bench.db"))
-            engines = EngineCache()
-            engines.engine, engines._key = engine, None  # reuse the loaded model: no second load
+            engines = EngineCache(n_threads=threads)
             settings = ConversationSettings(n_ctx=n_ctx)
             settings.sampling = Sampling(max_tokens=48, **greedy)
             session = ChatSession.new(store, engines, model, settings=settings)
-            engines.get = lambda *a, **k: engine
-            ttft = []
-            for q in QUESTIONS[:turns]:
-                turn = session.send(q)
-                msg = turn.run()
-                ttft.append(msg.stats["ttft_s"])
+            ttft = [session.send(q).run().stats["ttft_s"] for q in QUESTIONS[:turns]]
+            engines.close()
             store.close()
         out["ttft_s"] = ttft
     out["peak_rss_bytes"] = peak_rss_bytes()
-    engine.close()
     return out
 
 
