@@ -9,6 +9,8 @@ import socket
 import sys
 from importlib import resources
 
+from .errors import BelleError
+
 DEFAULT_PORT = 8550
 
 
@@ -44,8 +46,7 @@ def run(args) -> int:
     try:
         import flet as ft
     except ModuleNotFoundError:
-        print("belle: error: the UI needs Flet: pip install 'belle[ui]'", file=sys.stderr)
-        return 1
+        raise BelleError("the UI needs Flet: pip install 'belle[ui]'") from None
     import flet.app as flet_app
 
     from . import paths
