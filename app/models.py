@@ -169,6 +169,20 @@ def remove(model: str) -> Path:
     return path
 
 
+def display_name(path: str | os.PathLike) -> str:
+    """The name to show people for a model file: the catalog's name for a catalog file (GGUF
+    general.name is often a build tag such as "Smollm2 135M 8k Lc100K Mix1 Ep2"), else the GGUF
+    general.name, else the file stem. Never raises: a banner must not fail on a broken file."""
+    path = Path(path)
+    entry = load_catalog().by_file(path.name)
+    if entry:
+        return entry.name
+    try:
+        return read_model_info(path).name  # general.name, or the stem when the file has none
+    except (ModelFileError, OSError):
+        return path.stem
+
+
 def default_model_id() -> str:
     return load_config().default_model or load_catalog().default
 
