@@ -60,7 +60,7 @@ class Sampling:
 @dataclass
 class LoadSettings:
     n_ctx: int = 4096
-    n_threads: int | None = None  # None: llama.cpp's default (physical cores)
+    n_threads: int | None = None  # None: threads.default_threads() (physical cores for decoding)
     n_gpu_layers: int = 0
     use_mmap: bool | None = None  # None: off on CPU, on when layers are offloaded
     template: str | None = None  # None/"auto": from the model's metadata
@@ -221,6 +221,10 @@ class Engine:
                       use_mmap=use_mmap, verbose=logging.getLogger("llama_cpp").isEnabledFor(logging.DEBUG))
         if settings.n_threads:
             kwargs.update(n_threads=settings.n_threads, n_threads_batch=settings.n_threads)
+        else:  # llama-cpp-python's own default is cpu_count // 2: one thread on a 2-core machine
+            from .threads import default_threads
+
+            kwargs["n_threads"], kwargs["n_threads_batch"] = default_threads()
         try:
             llm = llama_cpp.Llama(**kwargs)
         except (ValueError, RuntimeError, OSError) as err:
