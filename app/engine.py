@@ -39,10 +39,14 @@ class Sampling:
         types = {f.name: f.type for f in fields(self)}
         if name not in types:
             raise SettingsError(f"unknown setting '{name}' (settings: {', '.join(types)})")
+        whole = types[name] in (int, "int")
         try:
-            parsed = (int if types[name] in (int, "int") else float)(value)
+            parsed = (int if whole else float)(str(value).strip() if isinstance(value, str) else value)
+            if whole and isinstance(value, float) and not value.is_integer():
+                raise ValueError
         except (TypeError, ValueError):
-            raise SettingsError(f"setting '{name}' needs a number, got {value!r}") from None
+            kind = "a whole number" if whole else "a number"
+            raise SettingsError(f"setting '{name}' needs {kind}, got {value!r}") from None
         limits = {"temperature": (0, 5), "top_p": (0, 1), "top_k": (0, 100000), "min_p": (0, 1),
                   "repeat_penalty": (0, 5), "max_tokens": (1, 1 << 20), "seed": (-1, 2**31 - 1)}
         lo, hi = limits[name]
@@ -90,15 +94,31 @@ class Fit:
     prompt_tokens: list[int] = field(default_factory=list)
 
 
+# Prompt reading is done in chunks so that Stop works while a long prompt is read: llama.cpp's
+# decode call cannot be interrupted, so a cancel is seen between chunks. Chunks are sized to take
+# about PREFILL_CHUNK_S each, from the speed measured on the chunks before (a 7B model on a laptop
+# CPU reads ~16 tokens/s, a 135M one ~250): small enough to stop quickly, big enough that the
+# matrix multiplications stay efficient (benchmarks/prefill_chunks.py measures the cost).
+PREFILL_CHUNK_S = 0.5
+PREFILL_FIRST_CHUNK = 16  # tokens: a first measurement that is quick even for a 7B model
+PREFILL_MIN_CHUNK = 16
+
+
 class Reply:
     """A streaming reply: iterate for text pieces; afterwards `.text` and `.stats` are final.
-    `cancel()` (from any thread) stops it within one token and keeps what was generated."""
+    `cancel()` (from any thread) stops it within one token, or within one prompt chunk while the
+    prompt is read, and keeps what was generated.
 
-    def __init__(self, engine: "Engine", fit: Fit, sampling: Sampling, cancel: threading.Event | None):
+    With `continuation=True` the prompt ends inside an assistant message (Continue after a reply
+    was cut off) and the text goes on from there, leading whitespace included."""
+
+    def __init__(self, engine: "Engine", fit: Fit, sampling: Sampling, cancel: threading.Event | None,
+                 continuation: bool = False):
         self.engine = engine
         self.fit = fit
         self.sampling = sampling
         self.cancelled = cancel or threading.Event()
+        self.continuation = continuation
         self.text = ""
         self.stats = ReplyStats(prompt_tokens=len(fit.prompt_tokens), dropped_messages=len(fit.dropped))
         self.done = False
@@ -110,19 +130,44 @@ class Reply:
         with self.engine.lock:  # one reply at a time per loaded model
             yield from self._run()
 
+    def _read_prompt(self, tokens: list[int]) -> bool:
+        """Evaluate all prompt tokens but the last (which `generate` evaluates to get the first
+        token's logits) in interruptible chunks, reusing the cached prefix. False if cancelled."""
+        llm, stats = self.engine.llm, self.stats
+        cached = min(_common_prefix(llm._input_ids.tolist(), tokens), len(tokens) - 1) if llm.n_tokens else 0
+        if cached and not llm._ctx.kv_cache_seq_rm(-1, cached, -1):
+            cached = 0  # this model's cache cannot drop a suffix (recurrent models): read it all
+        llm.n_tokens = cached  # llm.eval() clears the KV cache from here on
+        stats.cached_tokens = cached
+        pos, chunk, end = cached, PREFILL_FIRST_CHUNK, len(tokens) - 1
+        while pos < end:
+            if self.cancelled.is_set():
+                return False
+            batch = tokens[pos : pos + chunk]
+            t0 = time.perf_counter()
+            llm.eval(batch)
+            rate = len(batch) / max(time.perf_counter() - t0, 1e-6)
+            pos += len(batch)
+            chunk = max(PREFILL_MIN_CHUNK, min(llm.n_batch, int(rate * PREFILL_CHUNK_S)))
+        return not self.cancelled.is_set()
+
     def _run(self) -> Iterator[str]:
         llm, s, stats = self.engine.llm, self.sampling, self.stats
         tokens = self.fit.prompt_tokens
-        stats.cached_tokens = _common_prefix(llm._input_ids.tolist(), tokens) if llm.n_tokens else 0
         llm.set_seed(s.seed if s.seed >= 0 else int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF)
         stop_strings = self.engine.template.stop
-        n_ctx = llm.n_ctx()
+        n_ctx = self.engine.n_ctx
         hold = max((len(x) for x in stop_strings), default=0)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         pending = ""  # decoded text not yet yielded (may hold the start of a stop string)
         start = time.perf_counter()
         first_at = None
-        stats.stop_reason = "interrupted"  # every normal way out of the loop below sets its own reason
+        stats.stop_reason = "interrupted"  # every normal way out of the loops below sets its own reason
+        if not self._read_prompt(tokens):
+            stats.stop_reason = "cancelled"
+            stats.ttft_s = stats.total_s = time.perf_counter() - start
+            self.done = True
+            return
         gen = llm.generate(tokens, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p, temp=s.temperature,
                            repeat_penalty=s.repeat_penalty)
         try:
@@ -137,10 +182,10 @@ class Reply:
                     break
                 stats.generated_tokens += 1
                 pending += decoder.decode(llm.detokenize([token]))
-                if not self.text and not pending.strip():
-                    pending = ""  # models often open with whitespace; don't show it
-                    continue
-                if not self.text:
+                if not self.continuation and not self.text:
+                    if not pending.strip():
+                        pending = ""  # models often open with whitespace; don't show it
+                        continue
                     pending = pending.lstrip()
                 cut = _find_stop(pending, stop_strings)
                 if cut is not None:
@@ -169,7 +214,8 @@ class Reply:
             stats.ttft_s = first_at - start
             stats.total_s = end - start
             new_prompt = len(tokens) - stats.cached_tokens
-            stats.prefill_tok_s = new_prompt / stats.ttft_s if stats.ttft_s > 0 else 0.0
+            # ~0 tok/s would read as "slow" when everything came from the cache: say nothing instead
+            stats.prefill_tok_s = new_prompt / stats.ttft_s if stats.ttft_s > 0 and new_prompt > 1 else 0.0
             after_first = stats.generated_tokens - 1
             stats.decode_tok_s = after_first / (end - first_at) if after_first > 0 and end > first_at else 0.0
             self.done = True
@@ -244,7 +290,10 @@ class Engine:
 
     @property
     def n_ctx(self) -> int:
-        return self.llm.n_ctx()
+        """The context size we may fill. llama.cpp rounds the context up (300 becomes 512), but
+        llama-cpp-python sizes its token and logit arrays by the n_ctx asked for: filling past that
+        crashed with "could not broadcast input array from shape (39,) into shape (0,)"."""
+        return min(self.llm.n_ctx(), len(self.llm.input_ids))
 
     def is_eog(self, token: int) -> bool:
         return bool(self._is_eog(self._vocab, token))
@@ -283,15 +332,18 @@ class Engine:
         flush()
         return out
 
-    def prompt_tokens(self, messages: list[ChatMessage]) -> list[int]:
-        return self.tokenize_pieces(self.template.render(messages, add_generation_prompt=True))
+    def prompt_tokens(self, messages: list[ChatMessage], prefix: str = "") -> list[int]:
+        """The prompt for the next assistant message; `prefix` is the start of that message when an
+        answer that was cut off is continued."""
+        pieces = self.template.render(messages, add_generation_prompt=True)
+        return self.tokenize_pieces(pieces + [Piece(prefix, True)] if prefix else pieces)
 
     def count_tokens(self, text: str) -> int:
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
     # context fitting
 
-    def fit(self, history: list[ChatMessage], reply_budget: int, policy: str = "truncate") -> Fit:
+    def fit(self, history: list[ChatMessage], reply_budget: int, policy: str = "truncate", prefix: str = "") -> Fit:
         """Keep the system message(s) and the newest turns so that prompt + reply_budget <= n_ctx.
         Whole turns are dropped from the oldest (a user message and the replies after it)."""
         system = [m for m in history if m.role == "system"]
@@ -302,7 +354,7 @@ class Engine:
         starts = [i for i in turns if history[i].role == "user"] or turns[:1]
         for n_dropped_turns, start in enumerate(starts):
             kept = system + [history[i] for i in turns if i >= start]
-            tokens = self.prompt_tokens(kept)
+            tokens = self.prompt_tokens(kept, prefix)
             if len(tokens) <= limit:
                 dropped = [i for i in turns if i < start]
                 if dropped and policy == "refuse":
@@ -316,7 +368,11 @@ class Engine:
             f"{reply_budget}); shorten it, lower max_tokens or raise n_ctx")
 
     def reply(self, history: list[ChatMessage], sampling: Sampling | None = None,
-              cancel: threading.Event | None = None, overflow: str = "truncate") -> Reply:
+              cancel: threading.Event | None = None, overflow: str = "truncate", prefix: str = "") -> Reply:
+        """Start the next assistant message, or continue one that begins with `prefix` (its text
+        so far; `history` then ends before it)."""
         sampling = sampling or Sampling()
+        # Room kept free for the reply. Capped at half the context so a large max_tokens cannot
+        # push the whole history out; the reply then stops when the context is full.
         budget = min(sampling.max_tokens, self.n_ctx // 2)
-        return Reply(self, self.fit(history, budget, overflow), sampling, cancel)
+        return Reply(self, self.fit(history, budget, overflow, prefix), sampling, cancel, continuation=bool(prefix))
