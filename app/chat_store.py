@@ -51,6 +51,24 @@ class SearchHit:
     snippet: str
 
 
+def snippet(text: str, query: str, context: int = 40) -> str:
+    """The match in `text` marked [like this], with about `context` characters either side, cut
+    at word boundaries (spaces) where there are any; Chinese text has none and is cut anywhere."""
+    at = text.lower().find(query.lower())
+    if at < 0:
+        at, query = 0, ""
+    start, end = max(0, at - context), min(len(text), at + len(query) + context)
+    if start > 0:
+        space = text.find(" ", start, at)
+        start = space + 1 if space >= 0 else start
+    if end < len(text):
+        space = text.rfind(" ", at + len(query), end)
+        end = space if space >= 0 else end
+    head, match, tail = text[start:at], text[at : at + len(query)], text[at + len(query) : end]
+    marked = f"{head}[{match}]{tail}" if match else head + tail
+    return ("…" if start > 0 else "") + marked.strip() + ("…" if end < len(text) else "")
+
+
 _CONV_FIELDS = ("title", "model", "template", "system_prompt", "settings", "pinned", "deleted_at", "current_leaf")
 
 
@@ -71,7 +89,20 @@ class ChatStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        folder = self.path.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StoreError(f"{folder}: cannot create the folder for the conversation store "
+                             f"({(err.strerror or str(err)).lower()})") from None
+        if not self.path.exists():
+            # sqlite3 would only say "unable to open database file", which reads as if a belle.db
+            # were there and broken; creating the (empty, valid) file ourselves gives the real cause.
+            try:
+                self.path.open("ab").close()
+            except OSError as err:
+                raise StoreError(f"{self.path}: cannot create the conversation store: the folder {folder} cannot "
+                                 f"be written ({(err.strerror or str(err)).lower()})") from None
         self._lock = threading.RLock()
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
@@ -80,6 +111,12 @@ class ChatStore:
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA synchronous=NORMAL")
             migrate(self._db)
+        except sqlite3.OperationalError as err:
+            if not getattr(err, "sqlite_errorname", "").startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN")):
+                raise StoreError(f"{self.path}: cannot open the conversation store ({err})") from None
+            # WAL mode writes belle.db-wal and belle.db-shm next to the file, even to read it.
+            raise StoreError(f"{self.path}: cannot open the conversation store ({err}): the file and its folder "
+                             f"{folder} must be writable") from None
         except sqlite3.DatabaseError as err:
             # Never "repair" by recreating: the file may hold a person's whole history.
             raise StoreError(f"{self.path}: cannot open the conversation store ({err}); "
@@ -138,6 +175,10 @@ class ChatStore:
 
     def restore_conversation(self, conversation_id: int) -> None:
         self._q("UPDATE conversations SET deleted_at = NULL WHERE id = ?", (conversation_id,))
+
+    def purge_conversation(self, conversation_id: int) -> None:
+        """Delete for good (a conversation whose first message could not be answered)."""
+        self._q("DELETE FROM conversations WHERE id = ?", (conversation_id,))
 
     def purge_deleted(self) -> int:
         with self._lock:
@@ -231,19 +272,18 @@ class ChatStore:
         if len(query) >= 3:
             phrase = '"' + query.replace('"', '""') + '"'
             rows = self._q(
-                """SELECT m.id AS mid, c.id AS cid, c.title AS title,
-                          snippet(messages_fts, 0, '[', ']', '…', 24) AS snip
+                """SELECT m.id AS mid, c.id AS cid, c.title AS title, m.content AS content
                    FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid
                    JOIN conversations c ON c.id = m.conversation_id
                    WHERE messages_fts MATCH ? AND c.deleted_at IS NULL
                    ORDER BY c.updated_at DESC, m.id LIMIT ?""", (phrase, limit))
         else:
             rows = self._q(
-                """SELECT m.id AS mid, c.id AS cid, c.title AS title, substr(m.content, 1, 80) AS snip
+                """SELECT m.id AS mid, c.id AS cid, c.title AS title, m.content AS content
                    FROM messages m JOIN conversations c ON c.id = m.conversation_id
                    WHERE m.content LIKE ? ESCAPE '\\' AND c.deleted_at IS NULL
                    ORDER BY c.updated_at DESC, m.id LIMIT ?""", (like, limit))
-        hits = [SearchHit(r["cid"], r["title"], r["mid"], r["snip"]) for r in rows]
+        hits = [SearchHit(r["cid"], r["title"], r["mid"], snippet(r["content"], query)) for r in rows]
         seen = {h.conversation_id for h in hits}
         for r in self._q("SELECT id, title FROM conversations WHERE title LIKE ? ESCAPE '\\' AND deleted_at IS NULL",
                          (like,)):

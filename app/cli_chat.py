@@ -4,6 +4,7 @@ Every conversation is saved in the store, the same one the UI shows.
 """
 
 import json
+import shutil
 import signal
 import sys
 import threading
@@ -18,19 +19,23 @@ from .gguf_info import human_bytes, read_model_info
 from .memory import check_fit
 from .session import ChatSession, ConversationSettings, EngineCache
 from .template_data import TEMPLATE_NAMES
+from .wrap import StreamWrap, wrap_text
 
 HELP = """\
 Commands:
   /help                 this list
-  /new                  start a new conversation
-  /list                 recent conversations
+  /new                  start a new conversation (saved once you send its first message)
+  /list [N]             the N most recent conversations (default 20)
   /open ID              continue conversation ID
+  /delete [ID]          delete conversation ID (default: this one); /restore ID brings it back
   /search TEXT          find conversations containing TEXT (Chinese works)
   /system [TEXT]        show or set the system prompt
   /set PARAM VALUE      temperature, top_p, top_k, min_p, repeat_penalty, seed, max_tokens,
                         n_ctx, overflow (truncate|refuse), template (auto|gguf|belle|chatml), model
+                        (saved with the conversation)
   /show                 model, template, settings and context use
   /regen                another answer to the last message (the old one is kept)
+  /continue             go on with an answer that was cut off
   /undo                 remove the last question and its answer
   /stats                numbers for the last answer
   /export PATH          save this conversation as .md or .json
@@ -44,13 +49,14 @@ def add_parser(sub) -> None:
     p.add_argument("-m", "--model", help="path, catalog id or local file name (default: the default model)")
     p.add_argument("-p", "--prompt", help="answer this and exit; stdin, if piped, is appended")
     p.add_argument("--json", action="store_true", help="with -p or stdin: print the answer and stats as JSON")
-    p.add_argument("-c", "--continue", dest="conversation", type=int, metavar="ID", help="continue conversation ID")
-    p.add_argument("-s", "--system", help="system prompt for a new conversation")
-    p.add_argument("-t", "--template", choices=("auto", *TEMPLATE_NAMES), default="auto")
+    p.add_argument("-c", "--continue", dest="conversation", type=int, metavar="ID",
+                   help="continue conversation ID; -m, -t, -s, --n-ctx and --set then apply to this run only")
+    p.add_argument("-s", "--system", help="system prompt")
+    p.add_argument("-t", "--template", choices=("auto", *TEMPLATE_NAMES), default=None, help="chat template (default auto)")
     p.add_argument("--n-ctx", type=int, default=None, help="context size in tokens (default 4096)")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: the physical cores)")
     p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to a GPU (needs a GPU build)")
-    p.add_argument("--set", action="append", default=[], metavar="PARAM=VALUE", help="sampling setting, repeatable")
+    p.add_argument("--set", action="append", default=[], metavar="PARAM=VALUE", help="a setting, repeatable")
     p.add_argument("--force", action="store_true", help="load even if the model may not fit in free memory")
     p.set_defaults(func=run)
 
@@ -69,7 +75,7 @@ def run(args) -> int:
     engines = EngineCache(n_threads=args.threads, n_gpu_layers=args.n_gpu_layers)
     try:
         session = _open_session(store, engines, args)
-        _check_memory(session.conversation.model, session.settings.n_ctx, args.force)
+        _check_memory(session.model, session.settings.n_ctx, args.force)
         piped = None if sys.stdin.isatty() else sys.stdin.read()
         if args.prompt is not None or piped is not None:
             text = "\n\n".join(t for t in (args.prompt, piped) if t and t.strip())
@@ -80,21 +86,44 @@ def run(args) -> int:
         store.close()
 
 
-def _open_session(store: ChatStore, engines: EngineCache, args) -> ChatSession:
-    if args.conversation is not None:
-        session = ChatSession.open(store, engines, args.conversation)
-        if args.model:
-            session.set_model(args.model)
-    else:
-        settings = ConversationSettings()
-        if args.n_ctx:
-            settings.n_ctx = args.n_ctx
-        session = ChatSession.new(store, engines, args.model, args.template, args.system or "", settings)
+def _flag_settings(args) -> list[tuple[str, str]]:
+    """The settings given on the command line, as (name, value) pairs."""
+    pairs = []
+    if args.model:
+        pairs.append(("model", args.model))
+    if args.template:
+        pairs.append(("template", args.template))
+    if args.system is not None:
+        pairs.append(("system_prompt", args.system))
+    if args.n_ctx is not None:
+        pairs.append(("n_ctx", str(args.n_ctx)))
     for item in args.set:
         name, sep, value = item.partition("=")
         if not sep:
             raise BelleError(f"--set {item!r}: expected PARAM=VALUE")
-        session.set_param(name.strip(), value.strip())
+        pairs.append((name.strip(), value.strip()))
+    return pairs
+
+
+def _open_session(store: ChatStore, engines: EngineCache, args) -> ChatSession:
+    """A new conversation starts from the command line's settings and keeps them. With -c, the
+    flags apply to this run only: a one-shot `-c ID --set overflow=refuse -p ...` must not change
+    how the conversation behaves next time (`/set` in the chat, or the app's settings, save)."""
+    if args.conversation is not None:
+        session = ChatSession.open(store, engines, args.conversation)
+        for name, value in _flag_settings(args):
+            session.override(name, value)
+        return session
+    session = ChatSession.new(store, engines, settings=ConversationSettings())
+    for name, value in _flag_settings(args):
+        if name == "model":
+            session.set_model(value)
+        elif name == "template":
+            session.set_template(value)
+        elif name == "system_prompt":
+            session.set_system_prompt(value)
+        else:
+            session.set_param(name, value)
     return session
 
 
@@ -102,9 +131,10 @@ def _one_shot(session: ChatSession, text: str, as_json: bool) -> int:
     turn = session.send(text)
     if as_json:
         message = turn.run()
-        print(json.dumps({"answer": message.content, "conversation_id": session.id, "message_id": message.id,
-                          "model": message.model, "dropped_messages": [m.id for m in turn.dropped],
-                          "stats": message.stats}, ensure_ascii=False, indent=2))
+        print(json.dumps({"answer": turn.text, "conversation_id": session.id,
+                          "message_id": message.id if message else None, "model": session.model or models.default_model_id(),
+                          "dropped_message_ids": [m.id for m in turn.dropped], "stats": turn.stats},
+                         ensure_ascii=False, indent=2))
     else:
         turn.run(lambda piece: print(piece, end="", flush=True))
         print()
@@ -131,19 +161,29 @@ class Repl:
         self.last_stats: dict | None = None
         self.commands = {
             "help": self.cmd_help, "?": self.cmd_help, "new": self.cmd_new, "list": self.cmd_list,
-            "open": self.cmd_open, "search": self.cmd_search, "system": self.cmd_system, "set": self.cmd_set,
-            "show": self.cmd_show, "regen": self.cmd_regen, "undo": self.cmd_undo, "stats": self.cmd_stats,
-            "export": self.cmd_export,
+            "open": self.cmd_open, "delete": self.cmd_delete, "restore": self.cmd_restore,
+            "search": self.cmd_search, "system": self.cmd_system, "set": self.cmd_set, "show": self.cmd_show,
+            "regen": self.cmd_regen, "continue": self.cmd_continue, "undo": self.cmd_undo,
+            "stats": self.cmd_stats, "export": self.cmd_export,
         }
+
+    @staticmethod
+    def width() -> int:
+        return shutil.get_terminal_size((100, 24)).columns
+
+    def say(self, text: str = "") -> None:
+        """Print a message or a stored answer, wrapped at word boundaries."""
+        print(wrap_text(text, self.width()))
 
     def loop(self) -> int:
         self._setup_readline()
-        path = models.resolve(self.session.conversation.model)
+        path = models.resolve(self.session.model)
         print(f"loading {path.name} ({human_bytes(path.stat().st_size)})…", end="", flush=True)
         engine = self.session.engine()
         print("\r\033[K", end="")  # replace the loading line with the banner
-        print(f"belle chat · {engine.info.name} ({engine.template.name} template, n_ctx {engine.n_ctx}) · "
-              f"conversation {self.session.id}. /help for commands, /bye to quit.")
+        where = f"conversation {self.session.id}" if self.session.saved else "new conversation"
+        self.say(f"belle chat · {models.display_name(path)} ({engine.template.name} template, n_ctx {engine.n_ctx}) · "
+                 f"{where}. /help for commands, /bye to quit.")
         self._print_branch(last=4)
         while True:
             try:
@@ -201,21 +241,31 @@ class Repl:
         readline.set_history_length(2000)
         atexit.register(lambda: readline.write_history_file(history))
 
-    def _stream(self, start) -> None:
+    def _stream(self, start, already: str = "") -> None:
+        """Run a turn, printing its text as it comes (after `already`, the text it continues)."""
         cancel = threading.Event()
         turn = start(cancel)
         if turn.dropped:
-            print(f"[{len(turn.dropped)} older messages left out to fit the {self.session.settings.n_ctx}-token "
-                  "context; /set n_ctx N to keep more]")
+            self.say(f"[{len(turn.dropped)} older messages left out to fit the {self.session.settings.n_ctx}-token "
+                     "context; /set n_ctx N to keep more]")
+        wrap = StreamWrap(self.width(), lambda text: print(text, end="", flush=True))
+        wrap.column = len(already.rsplit("\n", 1)[-1]) % wrap.width if already else 0
         with _ctrl_c_cancels(cancel):
-            message = turn.run(lambda piece: print(piece, end="", flush=True))
-        print()
-        self.last_stats = message.stats
-        reason = (message.stats or {}).get("stop_reason")
+            try:
+                message = turn.run(wrap.write)
+            finally:
+                wrap.flush()
+                print()
+        self.last_stats = turn.stats
+        reason = turn.stats.get("stop_reason")
+        if message is None:
+            print("[stopped before the first word; /regen answers again]" if reason == "cancelled"
+                  else "[no answer]")
+            return
         if reason == "cancelled":
-            print("[stopped]")
+            print("[stopped; /continue goes on]")
         elif reason in ("length", "context"):
-            print(f"[cut off: {'max_tokens reached' if reason == 'length' else 'context full'}]")
+            print(f"[cut off: {'max_tokens reached; /continue goes on' if reason == 'length' else 'context full'}]")
         siblings = self.session.store.siblings(message)
         if len(siblings) > 1:
             print(f"[answer {len(siblings)}/{len(siblings)}]")
@@ -225,7 +275,8 @@ class Repl:
         for m in path[-last:] if last else path:
             mark = "" if m.complete else " (incomplete)"
             who = ">>> " if m.role == "user" else ""
-            print(f"{who}{m.content}{mark}")
+            # replies stopped before their first word were once saved empty
+            self.say(f"{who}{m.content or '(no answer)'}{mark}")
 
     # commands
 
@@ -234,22 +285,49 @@ class Repl:
 
     def cmd_new(self, _):
         old = self.session
-        self.session = ChatSession.new(old.store, old.engines, old.conversation.model, old.conversation.template,
-                                       old.conversation.system_prompt, old.settings)
-        print(f"new conversation {self.session.id}")
+        self.session = ChatSession.new(old.store, old.engines, old.model, old.template, old.system_prompt,
+                                       old.settings)
+        self.last_stats = None
+        print("new conversation (saved when you send its first message)")
 
-    def cmd_list(self, _):
-        for c in self.session.store.list_conversations(limit=20):
+    def cmd_list(self, arg):
+        if arg and not (arg.isdigit() and int(arg) > 0):
+            raise BelleError(f"/list takes a number of conversations, got {arg!r}")
+        limit = int(arg) if arg else 20
+        conversations = self.session.store.list_conversations(limit=limit)
+        if not conversations:
+            print("no conversations yet")
+        for c in conversations:
             when = datetime.fromtimestamp(c.updated_at).strftime("%Y-%m-%d %H:%M")
             mark = "*" if c.id == self.session.id else " "
             print(f"{mark}{c.id:>5}  {when}  {'📌 ' if c.pinned else ''}{c.title or '(untitled)'}")
 
-    def cmd_open(self, arg):
+    def _conversation_id(self, command: str, arg: str) -> int:
         if not arg.isdigit():
-            raise BelleError("/open needs a conversation id (see /list)")
-        self.session = ChatSession.open(self.session.store, self.session.engines, int(arg))
-        print(f"conversation {self.session.id}: {self.session.conversation.title or '(untitled)'}")
+            raise BelleError(f"/{command} needs a conversation id (see /list), got {arg!r}")
+        return self.session.store.get_conversation(int(arg)).id  # raises for an unknown id
+
+    def cmd_open(self, arg):
+        conv_id = self._conversation_id("open", arg)
+        self.session = ChatSession.open(self.session.store, self.session.engines, conv_id)
+        self.last_stats = None
+        self.say(f"conversation {self.session.id}: {self.session.conversation.title or '(untitled)'}")
         self._print_branch()
+
+    def cmd_delete(self, arg):
+        if not arg and not self.session.saved:
+            raise BelleError("this conversation is not saved yet; /delete ID deletes another one")
+        conv_id = self._conversation_id("delete", arg) if arg else self.session.id
+        title = self.session.store.get_conversation(conv_id).title or "(untitled)"
+        self.session.store.delete_conversation(conv_id)
+        self.say(f"deleted conversation {conv_id}: {title} (/restore {conv_id} brings it back)")
+        if conv_id == self.session.id:
+            self.cmd_new("")
+
+    def cmd_restore(self, arg):
+        conv_id = self._conversation_id("restore", arg)
+        self.session.store.restore_conversation(conv_id)
+        print(f"restored conversation {conv_id}; /open {conv_id} to continue it")
 
     def cmd_search(self, arg):
         if not arg:
@@ -262,7 +340,7 @@ class Repl:
             by_conversation.setdefault(h.conversation_id, []).append(h)
         for cid, group in by_conversation.items():
             more = f" (+{len(group) - 1} more)" if len(group) > 1 else ""
-            print(f"{cid:>5}  {group[0].title or '(untitled)'}: {' '.join(group[0].snippet.split())}{more}")
+            self.say(f"{cid:>5}  {group[0].title or '(untitled)'}: {' '.join(group[0].snippet.split())}{more}")
 
     def cmd_system(self, arg):
         if arg:
@@ -283,23 +361,36 @@ class Repl:
         else:
             self.session.set_param(name, value)
         print(f"{name} = {value}")
+        if name == "n_ctx":
+            trained = read_model_info(models.resolve(self.session.model)).n_ctx_train
+            if trained and int(value) > trained:
+                self.say(f"warning: the model was trained on {trained} tokens of context; past that its "
+                         "answers usually fall apart")
 
     def cmd_show(self, _):
         engine = self.session.engine()
         s = self.session.settings
         used, n_ctx = self.session.context_usage()
-        print(f"model:    {engine.info.name} ({engine.info.path}, {human_bytes(engine.info.file_size)})")
-        print(f"template: {engine.template.name} (setting: {self.session.conversation.template})")
-        print(f"system:   {self.session.conversation.system_prompt or '(none)'}")
+        run_only = f" (this run only: {', '.join(sorted(self.session.overrides))})" if self.session.overrides else ""
+        print(f"model:    {models.display_name(engine.info.path)} ({engine.info.path}, "
+              f"{human_bytes(engine.info.file_size)})")
+        print(f"template: {engine.template.name} (setting: {self.session.template})")
+        self.say(f"system:   {self.session.system_prompt or '(none)'}")
         print("sampling: " + ", ".join(f"{k}={v}" for k, v in vars(s.sampling).items()))
         print(f"context:  {used}/{n_ctx} tokens used, overflow={s.overflow}")
-        print(f"conversation: {self.session.id}")
+        print(f"conversation: {self.session.id if self.session.saved else 'new (not saved yet)'}{run_only}")
 
     def cmd_regen(self, _):
         self._stream(lambda cancel: self.session.regenerate(cancel))
 
+    def cmd_continue(self, _):
+        path = self.session.path() if self.session.saved else []
+        already = path[-1].content if path and path[-1].role == "assistant" else ""
+        self._stream(lambda cancel: self.session.continue_reply(cancel), already)
+
     def cmd_undo(self, _):
         removed = self.session.undo()
+        self.last_stats = None  # they belonged to the answer just removed
         print(f"removed {len(removed)} message(s)" if removed else "nothing to undo")
 
     def cmd_stats(self, _):
@@ -307,9 +398,12 @@ class Repl:
             print("no answer yet")
             return
         s = self.last_stats
-        print(f"prompt {s['prompt_tokens']} tokens ({s['cached_tokens']} cached) · {s['generated_tokens']} generated · "
-              f"first token {s['ttft_s']:.2f} s · prefill {s['prefill_tok_s']:.1f} tok/s · decode "
-              f"{s['decode_tok_s']:.1f} tok/s · stop: {s['stop_reason']}")
+        new = s["prompt_tokens"] - s["cached_tokens"]
+        prefill = (f"prefill {s['prefill_tok_s']:.1f} tok/s" if s["prefill_tok_s"] else
+                   f"prefill: {new} new token{'s' if new != 1 else ''}, the rest cached")
+        self.say(f"prompt {s['prompt_tokens']} tokens ({s['cached_tokens']} cached) · {s['generated_tokens']} generated · "
+                 f"first token {s['ttft_s']:.2f} s · {prefill} · decode {s['decode_tok_s']:.1f} tok/s · "
+                 f"stop: {s['stop_reason']}")
 
     def cmd_export(self, arg):
         if not arg:

@@ -15,11 +15,15 @@ FORMAT_VERSION = 1
 def to_markdown(store: ChatStore, conversation_id: int) -> str:
     conv = store.get_conversation(conversation_id)
     when = datetime.fromtimestamp(conv.created_at, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [f"# {conv.title or 'Untitled'}", "", f"- model: {conv.model or 'default'}", f"- template: {conv.template}",
+    path = store.path_to(conv.current_leaf)
+    # A conversation on "the default model" stores no model; its replies record the one that wrote them.
+    used = sorted({m.model for m in path if m.role == "assistant" and m.model})
+    model = conv.model or ", ".join(used) or "(none yet)"
+    lines = [f"# {conv.title or 'Untitled'}", "", f"- model: {model}", f"- template: {conv.template}",
              f"- created: {when}", ""]
     if conv.system_prompt:
         lines += ["## System", "", conv.system_prompt, ""]
-    for msg in store.path_to(conv.current_leaf):
+    for msg in path:
         heading = {"user": "User", "assistant": "Assistant", "system": "System"}[msg.role]
         alternatives = len(store.siblings(msg))
         if alternatives > 1:

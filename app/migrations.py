@@ -50,7 +50,16 @@ def m001_initial() -> str:
     """
 
 
-MIGRATIONS = [m001_initial]
+def m002_drop_empty_conversations() -> str:
+    # Before conversations were created with their first message, every `belle chat` that quit
+    # without a question left an empty "(untitled)" row. Those held nothing anyone wrote.
+    return """
+        DELETE FROM conversations
+        WHERE title = '' AND system_prompt = '' AND id NOT IN (SELECT DISTINCT conversation_id FROM messages);
+    """
+
+
+MIGRATIONS = [m001_initial, m002_drop_empty_conversations]
 
 
 def migrate(db: sqlite3.Connection) -> list[str]:

@@ -1,10 +1,17 @@
 """A conversation being chatted in: the glue between the store and the engine, shared by
 `belle chat` and the UI.
 
-Replies are written to the store while they stream (every `flush_s` seconds), so if the process
-dies mid-reply the text so far is there after a restart, marked incomplete.
+- A new conversation lives in memory until its first message is sent; only then is it written to
+  the store, so opening the app or `belle chat` and leaving leaves no empty conversation behind.
+- Settings saved with a conversation: model, template, system prompt, sampling (max_tokens
+  included), n_ctx and overflow; `/set`, `/system` and the UI's chat settings change them.
+  Overrides (`belle chat -c ID --set ...`) apply to this session only and are never saved.
+- Replies are written to the store while they stream (every `flush_s` seconds), so if the process
+  dies mid-reply the text so far is there after a restart, marked incomplete. A reply that ends
+  with no text at all (stopped or failed before its first word) is removed, not kept as a blank.
 """
 
+import dataclasses
 import logging
 import threading
 import time
@@ -39,6 +46,33 @@ class ConversationSettings:
 
     def as_dict(self) -> dict:
         return {"sampling": vars(self.sampling).copy(), "n_ctx": self.n_ctx, "overflow": self.overflow}
+
+    def apply(self, name: str, value) -> "ConversationSettings":
+        """Set one setting from user input (a string from /set or --set, a number from the UI)."""
+        if name not in SETTING_NAMES:
+            known = ", ".join((*SETTING_NAMES, "template", "model"))
+            raise SettingsError(f"unknown setting '{name}' (settings: {known})")
+        if name == "n_ctx":
+            try:
+                n_ctx = int(str(value).strip())
+            except ValueError:
+                raise SettingsError(f"setting 'n_ctx' needs a whole number, got {value!r}") from None
+            if not MIN_N_CTX <= n_ctx <= MAX_N_CTX:
+                raise SettingsError(f"setting 'n_ctx' must be between {MIN_N_CTX} and {MAX_N_CTX}, got {n_ctx}")
+            self.n_ctx = n_ctx
+        elif name == "overflow":
+            if value not in OVERFLOW_POLICIES:
+                raise SettingsError(f"setting 'overflow' must be one of {', '.join(OVERFLOW_POLICIES)}, got {value!r}")
+            self.overflow = value
+        else:
+            self.sampling.update(name, value)
+        return self
+
+
+# What `/set` and `--set` accept besides the sampling fields, and the conversation fields that
+# `-m/--model` and `-t/--template` override.
+SETTING_NAMES = (*(f.name for f in dataclasses.fields(Sampling)), "n_ctx", "overflow")
+MIN_N_CTX, MAX_N_CTX = 64, 1 << 20
 
 
 class EngineCache:
@@ -76,13 +110,30 @@ class EngineCache:
 
 
 class Turn:
-    """One reply being generated and saved: iterate for text pieces."""
+    """One reply being generated and saved: iterate for text pieces.
 
-    def __init__(self, session: "ChatSession", reply: Reply, message: Message, dropped: list[Message]):
+    Afterwards `message` is the saved reply, or None when the reply ended with no text (stopped
+    while the prompt was read, or failed): that empty message is deleted and the branch ends at
+    the question again, which a regenerate answers."""
+
+    def __init__(self, session: "ChatSession", reply: Reply, message: Message, dropped: list[Message],
+                 before: str = "", before_stats: dict | None = None):
         self.session = session
         self.reply = reply
-        self.message = message
+        self.message: Message | None = message
         self.dropped = dropped  # history messages left out of the prompt to fit n_ctx
+        self.before = before  # text the message already had (Continue)
+        self.before_stats = before_stats or {}
+
+    @property
+    def text(self) -> str:
+        return self.before + self.reply.text
+
+    @property
+    def stats(self) -> dict:
+        stats = self.reply.stats.as_dict()
+        stats["generated_tokens"] += self.before_stats.get("generated_tokens", 0)
+        return stats
 
     def cancel(self) -> None:
         self.reply.cancel()
@@ -94,14 +145,24 @@ class Turn:
             for piece in self.reply:
                 yield piece
                 if time.monotonic() - last_flush >= flush_s:
-                    store.update_message(self.message.id, content=self.reply.text)
+                    store.update_message(self.message.id, content=self.text)
                     last_flush = time.monotonic()
         finally:
-            store.update_message(self.message.id, content=self.reply.text, complete=True,
-                                 stats=self.reply.stats.as_dict())
-            self.message = store.get_message(self.message.id)
+            self._save()
 
-    def run(self, on_piece: Callable[[str], None] | None = None) -> Message:
+    def _save(self) -> None:
+        store, message = self.session.store, self.message
+        if not self.text:
+            store.delete_message(message.id)
+            store.update_conversation(message.conversation_id, current_leaf=message.parent_id)
+            self.message = None
+            return
+        # "interrupted": an exception ended the reply (the loop sets every other reason itself)
+        complete = self.reply.stats.stop_reason != "interrupted"
+        store.update_message(message.id, content=self.text, complete=complete, stats=self.stats)
+        self.message = store.get_message(message.id)
+
+    def run(self, on_piece: Callable[[str], None] | None = None) -> Message | None:
         for piece in self:
             if on_piece:
                 on_piece(piece)
@@ -112,16 +173,19 @@ class ChatSession:
     def __init__(self, store: ChatStore, engines: EngineCache, conversation: Conversation, flush_s: float = 0.5):
         self.store = store
         self.engines = engines
-        self.conversation = conversation
+        self.conversation = conversation  # id None: not in the store yet (nothing sent)
         self.flush_s = flush_s
+        self.overrides: dict[str, str] = {}  # this session only, never saved: name -> value
 
     # opening
 
     @classmethod
     def new(cls, store: ChatStore, engines: EngineCache, model: str | None = None, template: str = "auto",
             system_prompt: str = "", settings: ConversationSettings | None = None) -> "ChatSession":
+        """A new conversation, kept in memory until its first message is sent."""
         settings = settings or ConversationSettings()
-        conv = store.create_conversation("", model, template, system_prompt, settings.as_dict())
+        now = time.time()
+        conv = Conversation(None, "", now, now, model, template, system_prompt, settings.as_dict(), False, None, None)
         return cls(store, engines, conv)
 
     @classmethod
@@ -129,27 +193,53 @@ class ChatSession:
         return cls(store, engines, store.get_conversation(conversation_id))
 
     def refresh(self) -> Conversation:
-        self.conversation = self.store.get_conversation(self.conversation.id)
+        if self.saved:
+            self.conversation = self.store.get_conversation(self.conversation.id)
         return self.conversation
 
     # state
 
     @property
-    def id(self) -> int:
+    def id(self) -> int | None:
         return self.conversation.id
 
     @property
-    def settings(self) -> ConversationSettings:
+    def saved(self) -> bool:
+        return self.conversation.id is not None
+
+    @property
+    def stored_settings(self) -> ConversationSettings:
         return ConversationSettings.from_dict(self.conversation.settings)
+
+    @property
+    def settings(self) -> ConversationSettings:
+        """The settings in force: the conversation's own, with this session's overrides on top."""
+        settings = self.stored_settings
+        for name, value in self.overrides.items():
+            if name in SETTING_NAMES:
+                settings.apply(name, value)
+        return settings
+
+    @property
+    def model(self) -> str | None:
+        return self.overrides.get("model", self.conversation.model)
+
+    @property
+    def template(self) -> str:
+        return self.overrides.get("template", self.conversation.template)
+
+    @property
+    def system_prompt(self) -> str:
+        return self.overrides.get("system_prompt", self.conversation.system_prompt)
 
     def path(self) -> list[Message]:
         return self.store.path_to(self.refresh().current_leaf)
 
     def engine(self) -> Engine:
-        return self.engines.get(self.conversation.model, self.settings.n_ctx, self.conversation.template)
+        return self.engines.get(self.model, self.settings.n_ctx, self.template)
 
     def history(self, messages: list[Message]) -> list[ChatMessage]:
-        system = [ChatMessage("system", self.conversation.system_prompt)] if self.conversation.system_prompt else []
+        system = [ChatMessage("system", self.system_prompt)] if self.system_prompt else []
         return system + [ChatMessage(m.role, m.content) for m in messages]
 
     def context_usage(self) -> tuple[int, int]:
@@ -157,60 +247,101 @@ class ChatSession:
         engine = self.engine()
         return len(engine.prompt_tokens(self.history(self.path()))), engine.n_ctx
 
-    # changing settings
+    # changing settings (saved with the conversation; in memory until it is saved)
+
+    def _update(self, **changes) -> None:
+        if self.saved:
+            self.conversation = self.store.update_conversation(self.id, **changes)
+        else:
+            self.conversation = dataclasses.replace(self.conversation, **changes)
 
     def set_system_prompt(self, text: str) -> None:
-        self.conversation = self.store.update_conversation(self.id, system_prompt=text)
+        self.overrides.pop("system_prompt", None)
+        self._update(system_prompt=text)
 
     def set_template(self, name: str) -> None:
-        from .template_data import TEMPLATE_NAMES
-
-        if name not in ("auto", *TEMPLATE_NAMES):
-            raise SettingsError(f"unknown chat template '{name}' (choose from: auto, {', '.join(TEMPLATE_NAMES)})")
-        self.conversation = self.store.update_conversation(self.id, template=name)
+        _check_template(name)
+        self.overrides.pop("template", None)
+        self._update(template=name)
 
     def set_model(self, model: str | None) -> None:
         models.resolve(model)  # fail now, not at the next message
-        self.conversation = self.store.update_conversation(self.id, model=model)
+        self.overrides.pop("model", None)
+        self._update(model=model)
 
     def set_param(self, name: str, value) -> None:
-        settings = self.settings
-        if name == "n_ctx":
-            try:
-                settings.n_ctx = int(value)
-            except ValueError:
-                raise SettingsError(f"setting 'n_ctx' needs a whole number, got {value!r}") from None
-            if not 64 <= settings.n_ctx <= 1 << 20:
-                raise SettingsError(f"setting 'n_ctx' must be between 64 and 1048576, got {settings.n_ctx}")
-        elif name == "overflow":
-            if value not in OVERFLOW_POLICIES:
-                raise SettingsError(f"setting 'overflow' must be one of {', '.join(OVERFLOW_POLICIES)}, got {value!r}")
-            settings.overflow = value
-        else:
-            settings.sampling.update(name, value)
-        self.conversation = self.store.update_conversation(self.id, settings=settings.as_dict())
+        """Change a setting and save it with the conversation (/set, the UI's chat settings)."""
+        settings = self.stored_settings.apply(name, value)
+        self.overrides.pop(name, None)
+        self._update(settings=settings.as_dict())
+
+    def override(self, name: str, value) -> None:
+        """Change a setting for this session only (`belle chat -c ID --set ...`): never saved."""
+        if name == "model":
+            models.resolve(value)
+        elif name == "template":
+            _check_template(value)
+        elif name != "system_prompt":
+            self.settings.apply(name, value)  # validates
+        self.overrides[name] = value
 
     def rename(self, title: str) -> None:
-        self.conversation = self.store.update_conversation(self.id, title=title)
+        self._update(title=title)
+
+    def _save_conversation(self, title: str) -> None:
+        c = self.conversation
+        self.conversation = self.store.create_conversation(title, c.model, c.template, c.system_prompt, c.settings)
 
     # chatting
 
     def send(self, text: str, cancel: threading.Event | None = None) -> Turn:
+        """Add a user message and start the reply. If the reply cannot start (the conversation
+        does not fit and the overflow policy says refuse, the model cannot be loaded), the message
+        is taken back out and the error raised: the caller still has the text."""
         if not text.strip():
             raise BelleError("empty message: type something first")
+        created = not self.saved
+        if created:
+            self._save_conversation(_title_from(text))
         parent = self.refresh().current_leaf
         user = self.store.add_message(self.id, parent, "user", text)
         if not self.conversation.title:
             self.rename(_title_from(text))
-        return self._reply_to(user, cancel)
+        try:
+            return self._reply_to(user, cancel)
+        except BaseException:
+            self.store.delete_message(user.id)
+            if created:
+                self.store.purge_conversation(self.id)
+                self.conversation = dataclasses.replace(self.conversation, id=None, current_leaf=None)
+            else:
+                self._update(current_leaf=parent)
+            raise
 
     def regenerate(self, cancel: threading.Event | None = None) -> Turn:
-        """A new alternative to the last reply; the old one stays as a sibling."""
-        path = self.path()
+        """A new alternative to the last reply (the old one stays as a sibling), or the answer to
+        a question whose reply was stopped before its first word."""
+        path = self.path() if self.saved else []
         if not path:
             raise BelleError("nothing to regenerate yet")
         user = path[-1] if path[-1].role == "user" else self.store.get_message(path[-1].parent_id)
         return self._reply_to(user, cancel)
+
+    def continue_reply(self, cancel: threading.Event | None = None) -> Turn:
+        """Go on writing the last answer (after it was cut off by max_tokens or stopped): the new
+        text is appended to the same message."""
+        path = self.path() if self.saved else []
+        if not path or path[-1].role != "assistant" or not path[-1].content:
+            raise BelleError("there is no answer to continue")
+        last = path[-1]
+        engine = self.engine()
+        settings = self.settings
+        history = self.history(path[:-1])
+        reply = engine.reply(history, settings.sampling, cancel, settings.overflow, prefix=last.content)
+        n_system = 1 if self.system_prompt else 0
+        dropped = [path[i - n_system] for i in reply.fit.dropped]
+        self.store.update_message(last.id, complete=False)  # until the continuation is saved
+        return Turn(self, reply, last, dropped, before=last.content, before_stats=last.stats)
 
     def edit(self, message_id: int, text: str, cancel: threading.Event | None = None) -> Turn:
         """Editing a user message starts a new branch from its parent; the old branch is kept."""
@@ -248,11 +379,18 @@ class ChatSession:
         path = self.store.path_to(user.id)
         history = self.history(path)
         reply = engine.reply(history, settings.sampling, cancel, settings.overflow)
-        n_system = 1 if self.conversation.system_prompt else 0
+        n_system = 1 if self.system_prompt else 0
         dropped = [path[i - n_system] for i in reply.fit.dropped]
         message = self.store.add_message(self.id, user.id, "assistant", "", complete=False,
-                                         model=self.conversation.model or models.default_model_id())
+                                         model=self.model or models.default_model_id())
         return Turn(self, reply, message, dropped)
+
+
+def _check_template(name: str) -> None:
+    from .template_data import TEMPLATE_NAMES
+
+    if name not in ("auto", *TEMPLATE_NAMES):
+        raise SettingsError(f"unknown chat template '{name}' (choose from: auto, {', '.join(TEMPLATE_NAMES)})")
 
 
 def _title_from(text: str, limit: int = 40) -> str:

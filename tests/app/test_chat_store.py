@@ -28,11 +28,12 @@ def _chat(store):
 
 def test_schema_is_versioned_and_wal(store, tmp_path):
     db = sqlite3.connect(tmp_path / "belle.db")
-    assert [r[0] for r in db.execute("SELECT name FROM _migrations")] == ["m001_initial"]
+    assert [r[0] for r in db.execute("SELECT name FROM _migrations")] == ["m001_initial",
+                                                                         "m002_drop_empty_conversations"]
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     store.close()
     ChatStore(tmp_path / "belle.db").close()  # reopening applies nothing twice
-    assert db.execute("SELECT count(*) FROM _migrations").fetchone()[0] == 1
+    assert db.execute("SELECT count(*) FROM _migrations").fetchone()[0] == 2
 
 
 def test_tree_regenerate_and_edit_keep_alternatives(store):
@@ -118,3 +119,40 @@ def test_unreadable_store_is_left_untouched(tmp_path):
     with pytest.raises(StoreError, match="cannot open the conversation store"):
         ChatStore(path)
     assert path.read_bytes() == garbage
+
+
+def test_empty_untitled_conversations_of_older_versions_are_dropped(tmp_path):
+    """Older versions created a conversation at every `belle chat` start; m002 removes the empty ones
+    and nothing else (a titled or system-prompted conversation is kept even without messages)."""
+    from belle.app import migrations
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+    db.executescript(migrations.m001_initial())
+    db.execute("INSERT INTO _migrations VALUES ('m001_initial', 0)")
+    for title, system in (("", ""), ("", ""), ("named", ""), ("", "Be brief."), ("", "")):
+        db.execute("INSERT INTO conversations (title, created_at, updated_at, system_prompt) VALUES (?, 0, 0, ?)",
+                   (title, system))
+    db.execute("INSERT INTO messages (conversation_id, role, content, created_at) VALUES (5, 'user', 'hi', 0)")
+    db.commit()
+    db.close()
+    store = ChatStore(path)
+    assert sorted(c.id for c in store.list_conversations()) == [3, 4, 5]
+    store.close()
+
+
+def test_search_snippets_end_at_word_boundaries(store):
+    conv = store.create_conversation("t")
+    text = ("The quick brown fox jumps over the lazy dog while everybody watches the spectacular "
+            "performance of the acrobatic animals in the circus tonight, and after that everyone goes home to sleep")
+    store.add_message(conv.id, None, "user", text)
+    (hit,) = store.search("acrobatic")
+    body = hit.snippet.strip("…")
+    assert "[acrobatic]" in hit.snippet
+    words = text.split()
+    assert all(w in words for w in body.replace("[", "").replace("]", "").split()), hit.snippet
+    assert hit.snippet.startswith("…") and hit.snippet.endswith("…")
+    store.add_message(conv.id, None, "user", "我们明天去长城看看风景，然后回家吃饭")
+    (hit,) = [h for h in store.search("长城看") if "长城" in h.snippet]
+    assert "[长城看]" in hit.snippet

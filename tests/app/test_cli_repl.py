@@ -1,7 +1,10 @@
 """The interactive REPL in a real terminal (tmux): question, /regen, Ctrl+C mid-reply, /search, /bye."""
 
+import glob
 import os
 import shlex
+import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -33,6 +36,11 @@ class Tmux:
     def send(self, *keys):
         self._tmux("send-keys", "-t", "t", *keys)
 
+    def paste(self, text: str):
+        """Paste text as a terminal would (each newline an Enter)."""
+        subprocess.run(["tmux", "-L", self.socket, "load-buffer", "-"], input=text, text=True, check=True)
+        self._tmux("paste-buffer", "-t", "t", "-d")
+
     def wait_for(self, predicate, timeout=90, what=""):
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -40,12 +48,59 @@ class Tmux:
             if predicate(text):
                 return text
             time.sleep(0.2)
-        if not self.dead():
-            pid = self._tmux("list-panes", "-t", "t", "-F", "#{pane_pid}").strip()
-            subprocess.run(["kill", "-ABRT", pid])
-            time.sleep(1)
+        report = self.output_dir / "stuck.txt"
+        report.write_text(f"timed out waiting for {what}\n\n{self.diagnose()}")
         (self.output_dir / "screen.txt").write_text(self.screen())
-        raise AssertionError(f"timed out waiting for {what}; screen saved in {self.output_dir / 'screen.txt'}")
+        raise AssertionError(f"timed out waiting for {what}; screen in {self.output_dir / 'screen.txt'}, "
+                             f"process states and stacks in {report}")
+
+    def processes(self) -> list[int]:
+        """The pane's process and all its descendants."""
+        if self.dead():
+            return []
+        root = int(self._tmux("list-panes", "-t", "t", "-F", "#{pane_pid}").strip())
+        children: dict[int, list[int]] = {}
+        for stat in glob.glob("/proc/[0-9]*/stat"):
+            try:
+                fields = open(stat).read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(stat.split("/")[2]))
+        tree, todo = [], [root]
+        while todo:
+            pid = todo.pop()
+            tree.append(pid)
+            todo += children.get(pid, [])
+        return tree
+
+    def diagnose(self) -> str:
+        """What a stuck program is doing: every process of the pane with its threads' states, the
+        native stacks (gdb, where installed) and Python's own stack dump (faulthandler on SIGABRT,
+        sent to the Python process itself: the pane's first process may be a shell)."""
+        out = []
+        pids = self.processes()
+        for pid in pids:
+            try:
+                cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+                out.append(f"== pid {pid}: {cmd}")
+                for task in sorted(glob.glob(f"/proc/{pid}/task/*")):
+                    state = open(f"{task}/stat").read().rsplit(")", 1)[1].split()[0]
+                    wchan = open(f"{task}/wchan").read() if os.path.exists(f"{task}/wchan") else "?"
+                    comm = open(f"{task}/comm").read().strip()
+                    out.append(f"   thread {task.rsplit('/', 1)[1]} {comm}: state {state}, wchan {wchan}")
+            except OSError as err:
+                out.append(f"== pid {pid}: gone ({err})")
+                continue
+            if shutil.which("gdb"):
+                bt = subprocess.run(["gdb", "-p", str(pid), "-batch", "-ex", "thread apply all bt"],
+                                    capture_output=True, text=True, timeout=60)
+                out.append(bt.stdout[-20000:])
+        pythons = [p for p in pids if "python" in open(f"/proc/{p}/cmdline", "rb").read().decode(errors="replace")]
+        for pid in pythons:
+            os.kill(pid, signal.SIGABRT)  # PYTHONFAULTHANDLER=1: the Python stacks go to the screen
+        time.sleep(2)
+        out.append("== screen after SIGABRT\n" + self.screen())
+        return "\n".join(out)
 
     def prompts(self) -> int:
         """How many prompts were shown, if the newest one is waiting for input; else 0."""
@@ -133,7 +188,7 @@ def test_repl_commands_and_multiline(default_model_path, belle_home, output_dir)
         t.send("/undo", "Enter")
         t.wait_for(lambda s: "removed 2 message(s)" in s, what="/undo")
         t.send("/new", "Enter")
-        t.wait_for(lambda s: "new conversation 3" in s, what="/new")
+        t.wait_for(lambda s: "new conversation (saved when you send its first message)" in s, what="/new")
         t.send("/list", "Enter")
         t.wait_for(lambda s: "crashed chat" in s, what="/list")
         t.send(f"/open {crashed.id}", "Enter")
@@ -152,3 +207,107 @@ def test_repl_commands_and_multiline(default_model_path, belle_home, output_dir)
     conv = store.get_conversation(2)
     assert conv.system_prompt == "Always answer in one short sentence."
     assert store.path_to(conv.current_leaf) == []  # /undo removed the exchange
+
+
+def _start(args, output_dir, width=150):
+    env = {k: os.environ[k] for k in ("BELLE_HOME", "BELLE_MODELS_DIR", "PATH")}
+    cmd = " ".join(shlex.quote(x) for x in [*BELLE, "chat", *args])
+    return Tmux(f"sh -c 'cd {ROOT} && exec {cmd}'", env, output_dir)
+
+
+def _exit(t):
+    t.send("/bye", "Enter")
+    t.wait_for(lambda s: t.dead() and t.exit_status() != "", what="the program to exit")
+    assert t.exit_status() == "0"
+
+
+def test_quitting_without_a_question_saves_nothing(default_model_path, belle_home, output_dir):
+    for _ in range(2):
+        t = _start(["--set", "max_tokens=8"], output_dir)
+        try:
+            t.wait_for(lambda s: "/help for commands" in s and t.prompts() == 1, what="the banner")
+            assert "new conversation" in t.screen() and "SmolLM2 135M Instruct" in t.screen()
+            t.send("/set temperature 0.3", "Enter")
+            t.wait_for(lambda s: "temperature = 0.3" in s, what="/set")
+            _exit(t)
+        finally:
+            t.kill()
+    assert not (belle_home / "belle.db").exists() or ChatStore(belle_home / "belle.db").list_conversations() == []
+
+
+def test_repl_list_delete_continue_and_settings(default_model_path, belle_home, output_dir):
+    store = ChatStore(belle_home / "belle.db")
+    for title in ("alpha chat", "beta chat", "gamma chat"):
+        c = store.create_conversation(title)
+        store.add_message(c.id, None, "user", f"question of {title}")
+    blank = store.create_conversation("stopped early")
+    u = store.add_message(blank.id, None, "user", "Tell me a story")
+    store.add_message(blank.id, u.id, "assistant", "", stats={"stop_reason": "cancelled"})  # as older versions saved
+    store.close()
+
+    t = _start(["--set", "max_tokens=12", "--set", "temperature=0"], output_dir, width=60)
+    try:
+        t.wait_for(lambda s: t.prompts() == 1, what="the banner")
+        t.send("/list 2", "Enter")
+        listing = t.wait_for(lambda s: "stopped early" in s, what="/list 2").split("/list 2")[-1]
+        assert "gamma chat" in listing and "beta chat" not in listing and "alpha chat" not in listing
+        t.send("/delete 2", "Enter")
+        t.wait_for(lambda s: "deleted conversation 2: beta chat (/restore 2 brings it back)" in s, what="/delete")
+        t.send("/list", "Enter")
+        t.wait_for(lambda s: "alpha chat" in s.split("/list")[-1], what="/list")
+        assert "beta chat" not in t.screen().split("/list")[-1]
+        t.send("/restore 2", "Enter")
+        t.wait_for(lambda s: "restored conversation 2" in s, what="/restore")
+
+        t.send("/open 4", "Enter")
+        t.wait_for(lambda s: "(no answer)" in s, what="the blank answer shown as such")
+        t.send("/new", "Enter")
+        t.send("Write a long essay about the history of the bicycle.", "Enter")
+        t.wait_for(lambda s: "[cut off: max_tokens reached; /continue goes on]" in s, what="the cut-off mark")
+        t.send("/continue", "Enter")
+        t.wait_for(lambda s: s.count("[cut off: max_tokens reached") == 2 and t.prompts() >= 5, what="/continue")
+        t.send("/stats", "Enter")
+        t.wait_for(lambda s: "stop: length" in s and "24 generated" in s, what="/stats after /continue")
+        t.send("/undo", "Enter")
+        t.wait_for(lambda s: "removed 2 message(s)" in s, what="/undo")
+        t.send("/stats", "Enter")
+        t.wait_for(lambda s: "no answer yet" in s, what="/stats forgets the removed answer")
+        t.send("/set bogus 1", "Enter")
+        t.wait_for(lambda s: "unknown setting 'bogus'" in s and "overflow, template, model)" in s.replace("\n", " "),
+                   what="all settings listed")
+        t.send("/set max_tokens 1.5", "Enter")
+        t.wait_for(lambda s: "needs a whole number, got '1.5'" in s, what="whole number")
+        t.send("/set n_ctx 32768", "Enter")
+        t.wait_for(lambda s: "trained on 8192 tokens" in s, what="the n_ctx warning")
+        _exit(t)
+        screen = t.screen()
+        (output_dir / "screen.txt").write_text(screen)
+    finally:
+        t.kill()
+    # no line of the wrapped output breaks a word: every line is at most 60 columns and the answer's
+    # words are whole
+    assert all(len(line.rstrip()) <= 60 for line in screen.splitlines())
+    store = ChatStore(belle_home / "belle.db")
+    essay = [c for c in store.list_conversations() if c.title.startswith("Write a long essay")]
+    assert len(essay) == 1 and store.path_to(essay[0].current_leaf) == []  # /undo took the exchange back
+
+
+def test_ctrl_c_while_a_long_paste_is_read(default_model_path, belle_home, output_dir):
+    """A ~6,000-token paste takes half a minute to read here; Ctrl+C 2 s in must stop it at once."""
+    t = _start(["--n-ctx", "8192", "--set", "max_tokens=16", "--set", "temperature=0"], output_dir)
+    lines = [f"Line {i}: the river runs past the old mill, under the bridge and into the sea." for i in range(330)]
+    try:
+        t.wait_for(lambda s: t.prompts() == 1, what="the banner")
+        t.paste('"""\n' + "\n".join(lines) + '\nSummarize the text above.\n"""\n')
+        t.wait_for(lambda s: "Summarize the text above." in s, what="the paste")
+        time.sleep(2)
+        t.send("C-c")
+        stopped_at = time.time()
+        t.wait_for(lambda s: "[stopped before the first word" in s, timeout=15, what="[stopped] soon after Ctrl+C")
+        waited = time.time() - stopped_at
+        t.send("Say hi.", "Enter")
+        t.wait_for(lambda s: t.prompts() >= 3 and "Say hi." in s, what="the next answer")
+        _exit(t)
+    finally:
+        t.kill()
+    assert waited < 10, f"Ctrl+C took {waited:.1f} s to stop the prompt reading"

@@ -3,6 +3,8 @@
 import threading
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from belle.app.engine import Engine, LoadSettings, Sampling
 from belle.app.errors import ContextOverflowError
@@ -145,3 +147,89 @@ def test_unsupported_architecture_is_one_clear_error(tmp_path):
     w.close()
     with pytest.raises(ModelFileError, match=r"foo\.gguf: architecture 'foonet' is not supported"):
         Engine.load(path)
+
+
+def test_n_ctx_is_the_size_llama_cpp_python_can_hold(default_model_path):
+    """llama.cpp pads the context (300 -> 512) but llama-cpp-python's token array has the size asked
+    for: the engine must fit conversations into the smaller one, or filling it crashes with
+    "could not broadcast input array from shape (39,) into shape (0,)"."""
+    eng = Engine.load(default_model_path, LoadSettings(n_ctx=300, n_threads=2))
+    try:
+        assert eng.n_ctx == 300
+        history = []
+        for animal in ("cats", "dogs", "birds", "fish", "horses", "cows", "bees"):
+            history.append(ChatMessage("user", f"Tell me about {animal}."))
+            reply = eng.reply(history, Sampling(max_tokens=60, **GREEDY))
+            history.append(ChatMessage("assistant", "".join(reply)))
+            assert reply.stats.prompt_tokens + reply.stats.generated_tokens <= 300
+        assert reply.stats.dropped_messages > 0
+    finally:
+        eng.close()
+
+
+@settings(max_examples=10, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(n_ctx=st.integers(64, 1100), budget_share=st.floats(0.0, 1.0), turns=st.integers(1, 12))
+def test_overflow_policy_holds_for_every_size(default_model_path, n_ctx, budget_share, turns):
+    """Any n_ctx and max_tokens the settings accept: the reply either fits (dropping old turns) or
+    is refused with a ContextOverflowError; it never overruns the context."""
+    max_tokens = max(1, int(budget_share * n_ctx))
+    eng = Engine.load(default_model_path, LoadSettings(n_ctx=n_ctx, n_threads=2))
+    try:
+        history = []
+        for i in range(turns):
+            history += [ChatMessage("user", f"Question {i}: tell me more about item {i}, please. " * 2),
+                        ChatMessage("assistant", f"Answer {i}: " + "here is more. " * 12)]
+        history.append(ChatMessage("user", "And the last one?"))
+        try:
+            reply = eng.reply(history, Sampling(max_tokens=max_tokens, **GREEDY))
+        except ContextOverflowError:
+            assert len(eng.prompt_tokens(history[-1:])) > n_ctx - min(max_tokens, n_ctx // 2)
+            return
+        list(reply)
+        assert reply.stats.stop_reason in ("eos", "length", "context", "stop")
+        assert eng.llm.n_tokens <= n_ctx
+        assert len(reply.fit.prompt_tokens) + min(max_tokens, n_ctx // 2) <= n_ctx
+    finally:
+        eng.close()
+
+
+def test_cancel_while_a_long_prompt_is_read(default_model_path):
+    """Stop works within one chunk of prompt reading: the prompt is not read to the end first."""
+    eng = Engine.load(default_model_path, LoadSettings(n_ctx=4096, n_threads=2))
+    try:
+        text = " ".join(f"Sentence {i} of a long pasted document about rivers and mountains." for i in range(230))
+        cancel = threading.Event()
+        reply = eng.reply([ChatMessage("user", text + "\nSummarize it.")], Sampling(max_tokens=32, **GREEDY), cancel)
+        n_prompt = reply.stats.prompt_tokens
+        assert n_prompt > 3000
+        timer = threading.Timer(1.0, cancel.set)
+        timer.start()
+        assert list(reply) == [] and reply.text == ""
+        timer.join()
+        assert reply.stats.stop_reason == "cancelled" and reply.stats.generated_tokens == 0
+        assert eng.llm.n_tokens < 0.6 * n_prompt, f"read {eng.llm.n_tokens} of {n_prompt} prompt tokens"
+        # the partly read prompt is a valid cache prefix for what comes next
+        after = eng.reply([ChatMessage("user", "Name a colour.")], Sampling(max_tokens=8, **GREEDY))
+        assert "".join(after) and after.stats.stop_reason in ("eos", "length")
+    finally:
+        eng.close()
+
+
+def test_continue_goes_on_from_the_text_so_far(engine):
+    question = [ChatMessage("user", "Count from one to twenty in words, separated by commas.")]
+    cut = engine.reply(question, Sampling(max_tokens=6, **GREEDY))
+    start = "".join(cut)
+    assert cut.stats.stop_reason == "length"
+    more = engine.reply(question, Sampling(max_tokens=12, **GREEDY), prefix=start)
+    rest = "".join(more)
+    # the prompt is the question plus the answer so far: the model goes on, it does not start over
+    assert more.stats.prompt_tokens > cut.stats.prompt_tokens
+    assert more.stats.cached_tokens >= cut.stats.prompt_tokens - 1
+    assert rest.strip() and not rest.lstrip().startswith(start[:12])
+
+
+def test_whole_numbers_are_asked_for_as_such():
+    s = Sampling()
+    with pytest.raises(Exception, match="setting 'max_tokens' needs a whole number, got '1.5'"):
+        s.update("max_tokens", "1.5")
+    assert s.update("max_tokens", " 64 ").max_tokens == 64
