@@ -3,6 +3,7 @@
 Flet runs event handlers on its event loop; generation runs in a worker thread, so state events
 from there are handed back to the loop (`loop.on_loop`) before any control is touched."""
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from ..export import from_json, to_json, to_markdown
 from ..gguf_info import human_bytes
 from ..session import EngineCache
 from . import state as events
-from . import first_run, theme
+from . import first_run, theme, uploads
 from .chat_view import ChatView
 from .i18n import system_language, tr
 from .loop import on_loop
@@ -24,7 +25,7 @@ from .message_view import MessageActions
 from .model_panel import ModelPanel
 from .settings_panel import SettingsPanel
 from .sidebar import Sidebar, SidebarActions
-from .state import ChatState
+from .state import ChatState, error_text
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 # 10/s): the cost is painting the frame, not Markdown layout. This is a ceiling, not a pace: a
 # model slower than 5 tok/s (7B on a laptop) still shows every token as it comes.
 STREAM_UPDATES_PER_S = 5.0
+# How often the sidebar asks the store whether another process (`belle chat`) changed it: one
+# SQLite pragma, nothing else unless it did.
+STORE_POLL_S = 2.0
 
 
 class BelleApp:
@@ -49,7 +53,9 @@ class BelleApp:
         self.state.listen(self._on_state)
         self.clipboard = ft.Clipboard()
         self.narrow = None
+        self.state.store_changed()  # the reference point: before the sidebar first reads the list
         self.build()
+        page.run_task(self.watch_store)
 
     def t(self, key: str, **values) -> str:
         return tr(self.lang, key, **values)
@@ -63,7 +69,8 @@ class BelleApp:
         page.padding = 0
         self.sidebar = Sidebar(self.state, t, SidebarActions(self.open, self.new_chat, self.rename, self.pin,
                                                               self.delete), footer=self.sidebar_footer())
-        actions = MessageActions(copy=self.copy, edit=self.edit, regenerate=self.regenerate, switch=self.switch)
+        actions = MessageActions(copy=self.copy, edit=self.edit, regenerate=self.regenerate, switch=self.switch,
+                                 continue_reply=self.continue_reply)
         self.chat = ChatView(self.state, t, actions, self.header_actions(), on_menu=self.open_drawer)
         self.models = ModelPanel(page, self.state, t, on_loaded=lambda: self._on_state(events.STATUS))
         self.settings = SettingsPanel(page, self.state, self.config, t, on_app_change=self.rebuild)
@@ -177,14 +184,34 @@ class BelleApp:
 
     # actions
 
+    async def watch_store(self) -> None:
+        """Redraw the conversation list when another process wrote to the store, so chats made in
+        `belle chat` appear without pressing anything. Ends with the tab."""
+        try:
+            while True:
+                await asyncio.sleep(STORE_POLL_S)
+                if self.page.session.connection is None:  # the tab is reconnecting: check again later
+                    continue
+                if self.state.store_changed():
+                    self.sidebar.render()
+                    self.page.update()
+        except RuntimeError as err:  # the tab's session is gone
+            log.debug("store watch ended: %s", err)
+        finally:
+            self.state.close()
+
     def guard(self, fn: Callable, *args) -> None:
         try:
             fn(*args)
         except BelleError as err:
-            self.toast(self.t("error", message=str(err)))
+            self.toast(self.t("error", message=error_text(err, self.t)))
 
     def toast(self, text: str, action: str | None = None, on_action: Callable | None = None) -> None:
-        self.page.show_dialog(ft.SnackBar(ft.Text(text), action=action, on_action=on_action))
+        # floating above the composer: a SnackBar at the bottom of the page covered the message box
+        left = 12 if self.narrow else theme.SIDEBAR_WIDTH + 12
+        self.page.show_dialog(ft.SnackBar(ft.Text(text), action=action, on_action=on_action,
+                                          behavior=ft.SnackBarBehavior.FLOATING,
+                                          margin=ft.Margin(left, 0, 12, self.chat.composer_height() + 8)))
 
     def open(self, conv_id: int) -> None:
         self.guard(self.state.open, conv_id)
@@ -213,6 +240,9 @@ class BelleApp:
     def regenerate(self) -> None:
         self.guard(self.state.regenerate)
 
+    def continue_reply(self) -> None:
+        self.guard(self.state.continue_reply)
+
     def switch(self, message_id: int, step: int) -> None:
         self.guard(self.state.switch, message_id, step)
 
@@ -232,7 +262,8 @@ class BelleApp:
         self.toast(self.t("copied"))
 
     def export(self, kind: str) -> None:
-        if self.state.session is None:
+        if not self.state.saved:  # a new chat is only in the store once something was sent
+            self.toast(self.t("nothing_to_export"))
             return
         import json
 
@@ -280,6 +311,8 @@ class BelleApp:
 
 def make_main(store: ChatStore, engines: EngineCache) -> Callable[[ft.Page], None]:
     """One store and one loaded model for the whole server: each browser tab gets its own ChatState."""
+
+    uploads.enable()  # before ft.run starts the server: it reads the upload settings then
 
     def main(page: ft.Page) -> None:
         BelleApp(page, store, engines)

@@ -5,9 +5,10 @@ from collections.abc import Callable
 
 import flet as ft
 
+from ..errors import BelleError
 from . import message_view
 from .composer import Composer
-from .state import ChatState
+from .state import ChatState, error_text
 
 
 class ChatView:
@@ -19,7 +20,7 @@ class ChatView:
         self.menu_button = ft.IconButton(ft.Icons.MENU, tooltip=t("menu"), visible=False, on_click=lambda e: on_menu())
         self.title = ft.Text(t("untitled"), size=16, weight=ft.FontWeight.W_600, expand=True, max_lines=1,
                              overflow=ft.TextOverflow.ELLIPSIS)
-        self.meter = ft.Text("", size=11, color=ft.Colors.ON_SURFACE_VARIANT, tooltip=t("n_ctx"))
+        self.meter = ft.Text("", size=11, color=ft.Colors.ON_SURFACE_VARIANT, tooltip=t("n_ctx"), max_lines=1)
         self.progress = ft.ProgressBar(visible=False)
         self.notice = ft.Container(ft.Text("", size=12), visible=False, padding=8, border_radius=8,
                                    bgcolor=ft.Colors.TERTIARY_CONTAINER, margin=ft.Margin(12, 4, 12, 0))
@@ -37,7 +38,11 @@ class ChatView:
         self.composer = Composer(t, self.send, state.stop)
         self.live: ft.Markdown | None = None
         self.dark = False  # picks the code-block colours
-        header = ft.Container(ft.Row([self.menu_button, self.title, self.meter, *header_actions],
+        # the meter sits under the title, not beside it: on a phone (390 px) the title, the meter and
+        # four buttons in one row left the title three characters
+        self.title.expand = False
+        heading = ft.Column([self.title, self.meter], spacing=0, tight=True, expand=True)
+        header = ft.Container(ft.Row([self.menu_button, heading, *header_actions],
                                      vertical_alignment=ft.CrossAxisAlignment.CENTER),
                               padding=ft.Padding(8, 4, 8, 4))
         self.control = ft.Column([header, self.progress, self.banner, self.notice, self.error,
@@ -47,8 +52,8 @@ class ChatView:
     def send(self, text: str) -> None:
         try:
             self.state.send(text)
-        except Exception as err:
-            self.show_error(str(err))
+        except BelleError as err:
+            self.show_error(error_text(err, self.t))
 
     def show_error(self, message: str | None) -> None:
         self.error.visible = bool(message)
@@ -88,3 +93,9 @@ class ChatView:
 
     def set_narrow(self, narrow: bool) -> None:
         self.menu_button.visible = narrow
+
+    def composer_height(self) -> float:
+        """About how tall the composer is now (it grows with the lines typed, up to 8): toasts
+        float above it instead of covering it."""
+        lines = min(8, (self.composer.field.value or "").count("\n") + 1)
+        return 72 + 20 * (lines - 1)

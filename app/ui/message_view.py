@@ -1,12 +1,15 @@
 """One message of the chat: Markdown with code blocks that have their own copy button, the
-‹ n/m › switch between alternatives, copy / edit / regenerate, and quiet per-message stats."""
+‹ n/m › switch between alternatives, copy / edit / regenerate / continue, and quiet per-message
+stats. A user's message is shown as typed (plain text), an answer as Markdown."""
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import flet as ft
 
-from .state import MessageItem, split_code_blocks
+from . import theme
+from .labelled_button import labelled_button
+from .state import MessageItem, cut_off_reason, split_code_blocks
 
 
 @dataclass
@@ -15,18 +18,29 @@ class MessageActions:
     edit: Callable[[MessageItem], None]
     regenerate: Callable[[], None]
     switch: Callable[[int, int], None]
+    continue_reply: Callable[[], None]
 
 
 def markdown(text: str, dark: bool = False) -> ft.Markdown:
-    # GITHUB_WEB: fenced code blocks, tables and task lists (the default set shows code inline)
+    # GITHUB_WEB: fenced code blocks, tables and task lists (the default set shows code inline).
+    # Code (blocks and `inline`) in the bundled monospace font: Flutter's "monospace" is not a font
+    # the web client has offline, so it fell back to the proportional text font.
     return ft.Markdown(text, selectable=True, extension_set=ft.MarkdownExtensionSet.GITHUB_WEB,
-                       code_theme=ft.MarkdownCodeTheme.ATOM_ONE_DARK if dark else ft.MarkdownCodeTheme.ATOM_ONE_LIGHT)
+                       code_theme=ft.MarkdownCodeTheme.ATOM_ONE_DARK if dark else ft.MarkdownCodeTheme.ATOM_ONE_LIGHT,
+                       code_style_sheet=ft.MarkdownStyleSheet(code_text_style=theme.code_style()),
+                       md_style_sheet=ft.MarkdownStyleSheet(code_text_style=theme.code_style()))
+
+
+def plain(text: str) -> ft.Text:
+    """A user's message exactly as typed: Markdown would join lines (a single newline is not a
+    break there) and read * _ # as formatting. Not selectable: a selectable Text is an input field
+    to screen readers, which then do not read the message (the Copy button copies it)."""
+    return ft.Text(text)
 
 
 def code_block(code: str, lang: str, t, copy: Callable[[str], None], dark: bool = False) -> ft.Control:
-    header = ft.Row([ft.Text(lang or "code", size=11, color=ft.Colors.ON_SURFACE_VARIANT),
-                     ft.IconButton(ft.Icons.COPY_ALL, icon_size=16, tooltip=t("copy_code"),
-                                   on_click=lambda e: copy(code))],
+    header = ft.Row([ft.Text(lang or t("code"), size=11, color=ft.Colors.ON_SURFACE_VARIANT),
+                     labelled_button(ft.Icons.COPY_ALL, t("copy_code"), lambda e: copy(code))],
                     alignment=ft.MainAxisAlignment.SPACE_BETWEEN)
     return ft.Container(ft.Column([header, markdown(f"```{lang}\n{code}\n```", dark)], spacing=0),
                         border=ft.Border.all(1, ft.Colors.OUTLINE_VARIANT), border_radius=8,
@@ -59,27 +73,30 @@ def build(item: MessageItem, t, actions: MessageActions, is_last: bool, busy: bo
     if streaming_text is not None:
         live = markdown(streaming_text or "…", dark)
         content: list[ft.Control] = [live]
+    elif user:
+        content = [plain(msg.content)]
     else:
         content = body(msg.content, t, actions.copy, dark)
     if not msg.complete and streaming_text is None:
         content.append(ft.Text(t("incomplete"), size=11, italic=True, color=ft.Colors.ERROR))
+    cut = cut_off_reason(msg) if streaming_text is None else None
+    if cut:
+        content.append(ft.Text(t(f"cut_off_{cut}"), size=11, italic=True, color=ft.Colors.TERTIARY))
 
     tools: list[ft.Control] = []
     if item.count > 1:
-        tools += [ft.IconButton(ft.Icons.CHEVRON_LEFT, icon_size=16, tooltip=t("previous"), disabled=busy,
-                                on_click=lambda e: actions.switch(msg.id, -1)),
+        tools += [labelled_button(ft.Icons.CHEVRON_LEFT, t("previous"), lambda e: actions.switch(msg.id, -1), busy),
                   ft.Text(f"{item.index}/{item.count}", size=12, semantics_label=f"{item.index}/{item.count}"),
-                  ft.IconButton(ft.Icons.CHEVRON_RIGHT, icon_size=16, tooltip=t("next"), disabled=busy,
-                                on_click=lambda e: actions.switch(msg.id, +1))]
+                  labelled_button(ft.Icons.CHEVRON_RIGHT, t("next"), lambda e: actions.switch(msg.id, +1), busy)]
     if streaming_text is None:
-        tools.append(ft.IconButton(ft.Icons.CONTENT_COPY, icon_size=16, tooltip=t("copy"),
-                                   on_click=lambda e: actions.copy(msg.content)))
+        tools.append(labelled_button(ft.Icons.CONTENT_COPY, t("copy"), lambda e: actions.copy(msg.content)))
         if user:
-            tools.append(ft.IconButton(ft.Icons.EDIT_OUTLINED, icon_size=16, tooltip=t("edit"), disabled=busy,
-                                       on_click=lambda e: actions.edit(item)))
+            tools.append(labelled_button(ft.Icons.EDIT_OUTLINED, t("edit"), lambda e: actions.edit(item), busy))
         elif is_last:
-            tools.append(ft.IconButton(ft.Icons.REFRESH, icon_size=16, tooltip=t("regenerate"), disabled=busy,
-                                       on_click=lambda e: actions.regenerate()))
+            tools.append(labelled_button(ft.Icons.REFRESH, t("regenerate"), lambda e: actions.regenerate(), busy))
+            if cut:
+                tools.append(ft.TextButton(t("continue"), icon=ft.Icons.FAST_FORWARD, disabled=busy,
+                                           on_click=lambda e: actions.continue_reply()))
         line = stats_line(msg.stats, t)
         if line:
             tools.append(ft.Text(line, size=11, color=ft.Colors.ON_SURFACE_VARIANT))

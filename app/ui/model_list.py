@@ -7,7 +7,7 @@ from pathlib import Path
 from .. import models
 from ..catalog import load_catalog
 from ..errors import BelleError
-from ..gguf_info import read_model_info
+from ..gguf_info import human_bytes, read_model_info
 from ..memory import TIGHT_MARGIN, available_memory, check_fit
 
 
@@ -20,7 +20,21 @@ class ModelRow:
     local: bool
     path: Path | None = None
     downloadable: bool = False  # a catalog entry `models.pull` can fetch
-    detail: str = ""
+    detail: str = ""  # why the file cannot be used (English, from the GGUF reader)
+    need: dict[str, int] | None = None  # RAM estimate: total, weights, kv, compute (bytes)
+    available: int = 0
+
+    def tooltip(self, t) -> str:
+        """The badge's tooltip in the UI's language."""
+        if self.detail:
+            return self.detail
+        if not self.need:
+            return ""
+        h = {k: human_bytes(v) for k, v in self.need.items()}
+        free = human_bytes(self.available)
+        if "weights" in self.need:
+            return t("ram_detail", need=h["total"], weights=h["weights"], kv=h["kv"], compute=h["compute"], free=free)
+        return t("ram_catalog", need=h["total"], free=free)
 
 
 def _verdict(need: int, available: int) -> str:
@@ -34,17 +48,20 @@ def model_rows(n_ctx: int, available: int | None = None) -> list[ModelRow]:
     rows, local_files = [], set()
     for lm in models.list_local():
         local_files.add(lm.path.name)
+        need, detail = None, ""
         try:
             fit = check_fit(read_model_info(lm.path), n_ctx, available)
-            verdict, detail = fit.verdict, fit.message(lm.id)
+            verdict, est = fit.verdict, fit.estimate
+            need = {"total": est.total, "weights": est.weights, "kv": est.kv_cache, "compute": est.compute}
         except BelleError as err:
             verdict, detail = "wont_fit", str(err)
-        rows.append(ModelRow(lm.id, lm.entry.name if lm.entry else lm.path.name, lm.size, verdict, True, lm.path,
-                             detail=detail))
+        rows.append(ModelRow(lm.id, models.display_name(lm.path), lm.size, verdict, True, lm.path,
+                             detail=detail, need=need, available=available))
     for entry in load_catalog().entries:
         if entry.file in local_files:
             continue
         need = entry.min_ram_bytes or entry.size or 0
         rows.append(ModelRow(entry.id, entry.name, entry.size, _verdict(need, available), False,
-                             downloadable=entry.source.get("type") == "wheel"))
+                             downloadable=entry.source.get("type") == "wheel",
+                             need={"total": need} if need else None, available=available))
     return rows

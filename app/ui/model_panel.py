@@ -1,8 +1,10 @@
 """The model panel: local files and the catalog with size and a RAM-fit badge, import a GGUF (file
-picker or a path), load with a progress bar, a clear message on a bad file."""
+picker or a path), load with a progress bar, a clear message on a bad file.
+
+In the browser a picked file is uploaded over HTTP with a progress bar (see uploads.py), then
+imported like a file on this computer."""
 
 import logging
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -13,19 +15,20 @@ from .. import models
 from ..errors import BelleError
 from ..gguf_info import human_bytes
 from ..memory import available_memory
-from . import theme
+from . import theme, uploads
 from .loop import on_loop
 from .model_list import ModelRow, model_rows
-from .state import ChatState
+from .state import ChatState, error_text
 
 log = logging.getLogger(__name__)
-WEB_PICK_LIMIT = 512 << 20  # the browser sends a picked file over the websocket: larger files go by path
+UPLOAD_URL_S = 24 * 3600  # how long a signed upload URL stays valid: a large model on a slow link takes a while
 
 
 class ModelPanel:
     def __init__(self, page: ft.Page, state: ChatState, t, on_loaded: Callable[[], None]):
         self.page, self.state, self.t, self.on_loaded = page, state, t, on_loaded
-        self.picker = ft.FilePicker()
+        self.picker = ft.FilePicker(on_upload=self._on_upload)
+        self.uploading: dict[str, Path] = {}  # picked file name -> where its upload lands
         self.rows = ft.Column(spacing=4, scroll=ft.ScrollMode.AUTO, height=360)
         self.error = ft.Text("", color=ft.Colors.ERROR, visible=False)
         self.progress = ft.ProgressBar(visible=False)
@@ -74,7 +77,7 @@ class ModelPanel:
         size = human_bytes(row.size) if row.size else "?"
         return ft.Row([ft.Column([ft.Text(row.name, size=13), ft.Text(size, size=11, color=ft.Colors.ON_SURFACE_VARIANT)],
                                  spacing=0, expand=True, tight=True),
-                       ft.Container(theme.badge(t(row.verdict), row.verdict), tooltip=row.detail or None), action],
+                       ft.Container(theme.badge(t(row.verdict), row.verdict), tooltip=row.tooltip(t) or None), action],
                       vertical_alignment=ft.CrossAxisAlignment.CENTER)
 
     # actions
@@ -98,7 +101,7 @@ class ModelPanel:
             try:
                 work()
             except BelleError as err:
-                on_loop(self.page, self._fail, str(err))
+                on_loop(self.page, self._fail, error_text(err, self.t))
             except Exception as err:
                 log.exception("model panel")
                 on_loop(self.page, self._fail, f"{type(err).__name__}: {err}")
@@ -112,7 +115,7 @@ class ModelPanel:
             self.state._require_idle()
             session.set_model(row.id)
         except BelleError as err:
-            self._fail(str(err))
+            self._fail(error_text(err, self.t))
             return
         self._busy(self.t("loading_model", model=row.name))
 
@@ -124,7 +127,7 @@ class ModelPanel:
         self._in_thread(load)
 
     def download(self, row: ModelRow) -> None:
-        self._busy(self.t("download") + " " + row.name)
+        self._busy(f'{self.t("download")} {row.name}')
 
         def pull():
             models.pull(row.id, progress=lambda done, total: on_loop(self.page, self._progress, done, total))
@@ -148,29 +151,52 @@ class ModelPanel:
             self._import(Path(path))
 
     def _import(self, path: Path, cleanup: bool = False) -> None:
-        self._busy(self.t("import") + f" {path.name}")
+        self.progress.value = None  # indeterminate until the copy reports progress
+        self._busy(self.t("importing", name=path.name))
 
         def work():
             try:
-                final = models.import_model(path)
+                final = models.import_model(path, progress=lambda done, total: on_loop(
+                    self.page, self._progress, done, total))
             finally:
                 if cleanup:
-                    path.unlink(missing_ok=True)
-            on_loop(self.page, self._done, self.t("imported", name=final.name))
+                    uploads.discard(path)
+            on_loop(self.page, self._done, self.t("imported", name=models.display_name(final)))
 
         self._in_thread(work)
 
     async def pick(self, e=None) -> None:
-        files = await self.picker.pick_files(dialog_title=self.t("import_gguf"), file_type=ft.FilePickerFileType.ANY,
-                                             with_data=self.page.web)
+        web = self.page.web
+        if web and not uploads.enabled():
+            self._fail(self.t("web_upload_off"))
+            return
+        files = await self.picker.pick_files(dialog_title=self.t("import_gguf"), file_type=ft.FilePickerFileType.CUSTOM,
+                                             allowed_extensions=["gguf"])
         if not files:
             return
         f = files[0]
-        if f.path:  # desktop: import in place
+        if f.path and not web:  # desktop: import in place
             self._import(Path(f.path))
-        elif f.bytes is not None and f.size <= WEB_PICK_LIMIT:
-            tmp = Path(tempfile.mkdtemp(prefix="belle-import-")) / f.name
-            tmp.write_bytes(f.bytes)
-            self._import(tmp, cleanup=True)
+            return
+        # browser: the file goes to the server over HTTP first; _on_upload imports it when it is there
+        name = uploads.new_name(f.name)
+        self.uploading[f.name] = uploads.folder() / name
+        self.progress.value = 0
+        self._busy(self.t("uploading", name=f.name, percent=0))
+        await self.picker.upload([ft.FilePickerUploadFile(self.page.get_upload_url(name, UPLOAD_URL_S), id=f.id)])
+
+    def _on_upload(self, e: ft.FilePickerUploadEvent) -> None:
+        target = self.uploading.get(e.file_name)
+        if target is None:
+            return
+        if e.error:
+            del self.uploading[e.file_name]
+            uploads.discard(target)
+            self._fail(self.t("upload_failed", name=e.file_name, message=e.error))
+        elif e.progress is not None and e.progress >= 1.0:
+            del self.uploading[e.file_name]
+            self._import(target, cleanup=True)
         else:
-            self._fail(f"{f.name}: too large to send from the browser; type its path above instead")
+            self.progress.value = e.progress or 0
+            self.status.value = self.t("uploading", name=e.file_name, percent=round((e.progress or 0) * 100))
+            self.page.update()

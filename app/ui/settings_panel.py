@@ -10,7 +10,7 @@ from ..config import AppConfig, save_config
 from ..errors import BelleError
 from ..template_data import TEMPLATE_NAMES
 from .i18n import LANGUAGES
-from .state import ChatState
+from .state import ChatState, error_text, parse_setting
 
 
 class SettingsPanel:
@@ -50,16 +50,19 @@ class SettingsPanel:
                      ft.FilledButton(t("save"), on_click=self.save)]))
 
     def save(self, e=None) -> None:
-        session = self.state.session
+        session = self.state.ensure_session()
         try:
+            # every field checked before anything is changed: a wrong value changes nothing, and
+            # the message names the field by its label, not by its internal name
+            values = {name: parse_setting(name, field.value or "") for name, field in self.fields.items()}
             if (self.system.value or "") != session.conversation.system_prompt:
                 session.set_system_prompt(self.system.value or "")
             if self.template.value and self.template.value != session.conversation.template:
                 session.set_template(self.template.value)
-            for name, field in self.fields.items():
-                session.set_param(name, (field.value or "").strip())
+            for name, value in values.items():
+                session.set_param(name, value)
         except BelleError as err:
-            self.error.value = str(err)
+            self.error.value = error_text(err, self.t)
             self.error.visible = True
             self.page.update()
             return

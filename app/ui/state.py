@@ -7,6 +7,7 @@ message; doing one per token would slow generation and flood the browser)."""
 
 import logging
 import re
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -62,6 +63,61 @@ def split_code_blocks(text: str) -> list[Segment]:
     return out
 
 
+def cut_off_reason(message: Message) -> str | None:
+    """"length" when an answer stopped at max tokens, "context" when the context window was full,
+    else None: such an answer gets a mark and a Continue button (the CLI prints "[cut off]")."""
+    if message.role != "assistant" or not message.complete or not message.stats:
+        return None
+    reason = message.stats.get("stop_reason")
+    return reason if reason in ("length", "context") else None
+
+
+class UIError(BelleError):
+    """A mistake the UI explains in the person's language: `key` and `values` for i18n.tr (the
+    English text is the exception's message, for logs and tests)."""
+
+    def __init__(self, key: str, **values):
+        from .i18n import tr
+
+        self.key, self.values = key, values
+        super().__init__(self.text(lambda k, **v: tr("en", k, **v)))
+
+    def text(self, t) -> str:
+        values = dict(self.values)
+        if "field" in values:  # a setting's name is also the i18n key of its label
+            values["field"] = t(values["field"])
+        return t(self.key, **values)
+
+
+def error_text(err: BelleError, t) -> str:
+    return err.text(t) if isinstance(err, UIError) else str(err)
+
+
+# The chat settings the settings dialog edits, with the range the session accepts (the same
+# limits as ConversationSettings.apply; tests/ui/test_state.py checks they agree), so a wrong value
+# is explained with the field's label instead of the internal name ('max_tokens').
+SETTING_LIMITS: dict[str, tuple[type, float, float]] = {
+    "temperature": (float, 0, 5),
+    "top_p": (float, 0, 1),
+    "max_tokens": (int, 1, 1 << 20),
+    "n_ctx": (int, 64, 1 << 20),
+}
+
+
+def parse_setting(name: str, text: str) -> int | float:
+    """The number typed into a settings field, or UIError(setting_whole | setting_number) naming
+    the field (`field` value: the i18n key of its label, which is the setting's name)."""
+    kind, lo, hi = SETTING_LIMITS[name]
+    key = "setting_whole" if kind is int else "setting_number"
+    try:
+        value = kind(str(text).strip())
+    except ValueError:
+        raise UIError(key, field=name, lo=lo, hi=hi) from None
+    if not lo <= value <= hi:
+        raise UIError(key, field=name, lo=lo, hi=hi)
+    return value
+
+
 class ChatState:
     def __init__(self, store: ChatStore, engines: EngineCache, default_model: str | None = None,
                  max_updates_per_s: float = 20.0, clock: Callable[[], float] = time.monotonic):
@@ -85,6 +141,8 @@ class ChatState:
         self._cancel: threading.Event | None = None
         self._thread: threading.Thread | None = None
         self._listeners: list[Callable[[str], None]] = []
+        self._watch: sqlite3.Connection | None = None  # see store_changed
+        self._data_version = 0
 
     # listeners
 
@@ -112,9 +170,34 @@ class ChatState:
                 hits.append(hit)
         return hits
 
+    def store_changed(self) -> bool:
+        """Whether another connection (`belle chat` in another process, another tab, this tab's
+        own generation thread) wrote to the store since the last call: SQLite's data_version
+        changes exactly then. One pragma on a connection of our own, cheap enough to poll every
+        few seconds; the sidebar redraws only when it says so. The first call takes the reference
+        point and says False."""
+        if self._watch is None:
+            self._watch = sqlite3.connect(self.store.path, check_same_thread=False, isolation_level=None)
+            self._data_version = self._watch.execute("PRAGMA data_version").fetchone()[0]
+            return False
+        version = self._watch.execute("PRAGMA data_version").fetchone()[0]
+        changed, self._data_version = version != self._data_version, version
+        return changed
+
+    def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+
     @property
     def conversation_id(self) -> int | None:
+        """The open conversation's id; None for a new chat (also one whose settings were changed:
+        it is only written to the store with its first message)."""
         return self.session.id if self.session else None
+
+    @property
+    def saved(self) -> bool:
+        return self.session is not None and self.session.saved
 
     def new_chat(self) -> None:
         self._require_idle()
@@ -127,11 +210,12 @@ class ChatState:
         self._set_branch()
 
     def ensure_session(self) -> ChatSession:
-        """The open conversation, created (empty) if this is a new chat: settings need somewhere to live."""
+        """The open conversation; for a new chat one that lives in memory (settings need somewhere
+        to live) and is written to the store with its first message, so opening the app or
+        changing a setting and leaving leaves no empty conversation behind."""
         if self.session is None:
             self.session = ChatSession.new(self.store, self.engines, model=self.default_model,
                                            settings=ConversationSettings())
-            self._emit(CONVERSATIONS)
         return self.session
 
     def rename(self, conversation_id: int, title: str) -> None:
@@ -184,7 +268,7 @@ class ChatState:
         """(tokens the branch takes or None when unknown, n_ctx). Counting needs the loaded model, so
         it is only done once a turn has loaded it: opening a chat never loads a model."""
         n_ctx = self.session.settings.n_ctx if self.session else ConversationSettings().n_ctx
-        if self.session is None or not self.items:
+        if not self.saved or not self.items:
             return 0, n_ctx
         if self.busy or self.engines.engine is None or self.engines.engine.n_ctx != n_ctx:
             return (self._usage[0] if self._usage else None), n_ctx
@@ -200,7 +284,7 @@ class ChatState:
 
     def send(self, text: str) -> None:
         if not text.strip():
-            raise BelleError("empty message: type something first")
+            raise UIError("empty_message")
         self._require_idle()
         session = self.ensure_session()
         self._start(lambda cancel: session.send(text, cancel))
@@ -208,14 +292,22 @@ class ChatState:
     def regenerate(self) -> None:
         self._require_idle()
         if not self.session or not self.items:
-            raise BelleError("nothing to regenerate yet")
+            raise UIError("nothing_to_regenerate")
         session = self.session
         self._start(lambda cancel: session.regenerate(cancel))
+
+    def continue_reply(self) -> None:
+        """Go on writing the last answer (cut off by max tokens): the text is added to the same message."""
+        self._require_idle()
+        if not self.saved or not self.items or self.items[-1].message.role != "assistant":
+            raise UIError("nothing_to_continue")
+        session = self.session
+        self._start(lambda cancel: session.continue_reply(cancel))
 
     def edit(self, message_id: int, text: str) -> None:
         """A new version of a user message: a new branch; the old one stays reachable with ‹ ›."""
         if not text.strip():
-            raise BelleError("empty message: type something first")
+            raise UIError("empty_message")
         self._require_idle()
         session = self.session
         self._start(lambda cancel: session.edit(message_id, text, cancel))
@@ -234,7 +326,7 @@ class ChatState:
 
     def _require_idle(self) -> None:
         if self.busy:
-            raise BelleError("a reply is being written: wait for it or press Stop")
+            raise UIError("busy")
 
     def _start(self, begin: Callable[[threading.Event], Turn]) -> None:
         self.busy = True
@@ -253,7 +345,7 @@ class ChatState:
             turn = begin(cancel)
             self.dropped = list(turn.dropped)
             self.streaming_id = turn.message.id
-            self.streaming_text = ""
+            self.streaming_text = turn.text  # Continue: the text the answer already had
             self.phase = "generating"
             self._set_branch()  # shows the question and the empty reply
             self._emit(STATUS)
@@ -266,7 +358,7 @@ class ChatState:
                     last = now
                     self.stream_events += 1
                     self._emit(STREAM)
-            self.last_turn = turn.message
+            self.last_turn = turn.message  # None: the reply ended before its first word and was removed
         except BelleError as err:
             self.error = str(err)
         except Exception as err:  # keep the app usable; the log has the traceback

@@ -77,11 +77,61 @@ def button(page, label: str):
     return page.locator(f'flt-semantics[aria-label="{label}"]').first
 
 
-def reply_buttons(page):
-    """The icon buttons of the last reply, in order: [‹, ›,] copy, regenerate. Flutter merges the
-    bubble's text and tooltips into one label, so the buttons are found by position."""
-    bubble = page.locator('flt-semantics[role="group"][aria-label*="Assistant"]').last
-    return bubble.locator('flt-semantics[role="button"]')
+def labelled(page, label: str):
+    """A button with exactly this accessibility label of its own (the message buttons: copy,
+    edit, regenerate, continue, ‹ ›), the last one on the page: the newest message's."""
+    return page.locator(f'flt-semantics[role="button"][aria-label="{label}"]').last
+
+
+def text_box(page, text: str) -> dict | None:
+    """The on-screen box {x, y, width, height} of the smallest accessibility node whose text is
+    exactly `text` (a label, a title), or None."""
+    return page.evaluate("""(text) => {
+        const host = document.querySelector('flt-semantics-host');
+        if (!host) return null;
+        let best = null;
+        for (const e of host.querySelectorAll('flt-semantics, span')) {
+            const own = (e.getAttribute('aria-label') || e.innerText || '').trim();
+            if (own !== text) continue;
+            const r = e.getBoundingClientRect();
+            if (r.width > 0 && (!best || r.width * r.height < best.width * best.height))
+                best = {x: r.x, y: r.y, width: r.width, height: r.height};
+        }
+        return best;
+    }""", text)
+
+
+def pixel_stats(page, clip: dict) -> dict:
+    """Colours in a region of a screenshot, counted in the page itself (no image library needed):
+    {"yellow": emoji-yellow pixels, "dark": near-black pixels, "rows": for each pixel row the x of
+    its leftmost and rightmost dark pixel or null, "counts": dark pixels in each row}."""
+    import base64
+
+    png = base64.b64encode(page.screenshot(clip=clip)).decode()
+    return page.evaluate("""async (png) => {
+        const img = new Image();
+        img.src = 'data:image/png;base64,' + png;
+        await img.decode();
+        const c = document.createElement('canvas');
+        c.width = img.width; c.height = img.height;
+        const g = c.getContext('2d');
+        g.drawImage(img, 0, 0);
+        const d = g.getImageData(0, 0, c.width, c.height).data;
+        let yellow = 0, dark = 0;
+        const rows = [], counts = [];
+        for (let y = 0; y < c.height; y++) {
+            let lo = null, hi = null, n = 0;
+            for (let x = 0; x < c.width; x++) {
+                const i = (y * c.width + x) * 4, r = d[i], gg = d[i + 1], b = d[i + 2];
+                const mx = Math.max(r, gg, b);
+                if (r > 200 && gg > 150 && b < 110) yellow++;
+                if (mx < 110) { dark++; n++; if (lo === null) lo = x; hi = x; }
+            }
+            rows.push(lo === null ? null : [lo, hi]);
+            counts.push(n);
+        }
+        return {yellow, dark, rows, counts, width: c.width, height: c.height};
+    }""", png)
 
 
 def tile(page, title: str):

@@ -29,10 +29,10 @@ def ui_server(belle_home, default_model_path, output_dir):
     """Start the server; English labels unless a test rewrites config.json before calling it."""
     servers = []
 
-    def start(language: str = "en"):
+    def start(language: str = "en", models_dir=None):
         _write_config(belle_home, language=language)
-        server = UIServer(output_dir / "server.log", env={"BELLE_HOME": str(belle_home),
-                                                          "BELLE_MODELS_DIR": str(default_model_path.parent)})
+        server = UIServer(output_dir / "server.log", env={
+            "BELLE_HOME": str(belle_home), "BELLE_MODELS_DIR": str(models_dir or default_model_path.parent)})
         servers.append(server)
         return server
 
@@ -46,8 +46,8 @@ def app_page(browser, ui_server, output_dir):
     """open(width, height, language) -> a Playwright page on a fresh server; screenshots land in output_dir."""
     pages = []
 
-    def open_(width: int = 1280, height: int = 800, language: str = "en"):
-        server = ui_server(language)
+    def open_(width: int = 1280, height: int = 800, language: str = "en", models_dir=None):
+        server = ui_server(language, models_dir)
         page = open_app(browser, server.url, width, height)
         page.server = server
         pages.append(page)

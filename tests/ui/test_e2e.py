@@ -7,7 +7,7 @@ import pytest
 from belle.app import paths
 from belle.app.chat_store import ChatStore
 
-from .browser import button, composer, enable_semantics, reply_buttons, texts, tile
+from .browser import button, composer, enable_semantics, labelled, pixel_stats, text_box, texts, tile
 
 pytestmark = pytest.mark.slow
 
@@ -111,18 +111,18 @@ def test_regenerate_and_switch_alternatives(app_page, output_dir):
     page = app_page()
     send(page, "Name three colours.")
     wait_reply_done(page)
-    reply_buttons(page).last.click()  # regenerate
+    labelled(page, "Regenerate").click()
     wait_reply_done(page)
     assert "2/2" in texts(page)
     page.screenshot(path=output_dir / "second_answer.png")
     store = ChatStore(paths.store_path())
     [conv] = store.list_conversations()
     first, second = store.siblings(store.path_to(conv.current_leaf)[-1])
-    reply_buttons(page).nth(0).click()  # ‹
+    labelled(page, "Previous alternative").click()
     wait_until(lambda: "1/2" in texts(page), 10, "the first answer")
     assert first.content.split()[0] in texts(page)
     page.screenshot(path=output_dir / "first_answer.png")
-    reply_buttons(page).nth(1).click()  # ›
+    labelled(page, "Next alternative").click()
     wait_until(lambda: "2/2" in texts(page), 10, "the second answer again")
 
 
@@ -264,3 +264,261 @@ def test_escape_stops_and_settings_persist(app_page, output_dir):
     wait_until(lambda: store.get_conversation(conv.id).system_prompt == "你是一个乐于助人的助手。", 10,
                "the system prompt to be saved")
     assert store.get_conversation(conv.id).settings["sampling"]["temperature"] == 0.2
+
+
+def saved_chat(title: str, question: str, answer: str, stats: dict | None = None, settings: dict | None = None) -> int:
+    """A conversation written to the store the way `belle chat` writes it."""
+    store = ChatStore(paths.store_path())
+    try:
+        conv = store.create_conversation(title, settings=settings)
+        user = store.add_message(conv.id, None, "user", question)
+        store.add_message(conv.id, user.id, "assistant", answer, stats=stats)
+        return conv.id
+    finally:
+        store.close()
+
+
+def bubble(page):
+    """The last answer's bubble (Flutter merges its text into one group node)."""
+    return page.locator('flt-semantics[role="group"][aria-label*="Assistant"]').last
+
+
+def conversations() -> list:
+    store = ChatStore(paths.store_path())
+    try:
+        return store.list_conversations()
+    finally:
+        store.close()
+
+
+EMOJI_REPLY = "😀😀😀😀😀😀 🎉🎉🎉🎉🎉🎉 👍👍👍👍👍👍"
+
+
+def test_emoji_render_in_colour(app_page, output_dir):
+    """Emoji come from the bundled colour emoji font: without it they were empty boxes (outlines
+    only: no colour at all)."""
+    saved_chat("Emoji", "Show me emoji", EMOJI_REPLY)
+    page = app_page()
+    tile(page, "Emoji").click()
+    wait_until(lambda: EMOJI_REPLY in texts(page), 10, "the reply with emoji")
+    page.wait_for_timeout(1500)  # fonts load after the first frame
+    page.screenshot(path=output_dir / "emoji.png")
+    stats = pixel_stats(page, bubble(page).bounding_box())
+    # 12 yellow faces and hands of ~14 px: hundreds of yellow pixels; boxes and text have none
+    assert stats["yellow"] > 300, stats["yellow"]
+
+
+CODE_REPLY = "```text\niiiiiiiiiiiiiiiiiiii\nWWWWWWWWWWWWWWWWWWWW\n```"
+
+
+def test_code_block_is_monospace(app_page, output_dir):
+    """20 i and 20 W are the same width in a monospace font; in the proportional text font the
+    i line was a third as long."""
+    saved_chat("Code", "Show me code", CODE_REPLY)
+    page = app_page()
+    tile(page, "Code").click()
+    wait_until(lambda: labelled(page, "Copy code").count() > 0, 10, "the code block")
+    page.wait_for_timeout(1500)
+    page.screenshot(path=output_dir / "code.png")
+    # the code lines lie between the block's Copy code button and the message's Copy button
+    group, top, bottom = bubble(page).bounding_box(), labelled(page, "Copy code").bounding_box(), \
+        labelled(page, "Copy").bounding_box()
+    y0 = top["y"] + top["height"]
+    rows = pixel_stats(page, {"x": group["x"], "y": y0, "width": group["width"], "height": bottom["y"] - y0})["rows"]
+    lines, current = [], None  # runs of rows with dark pixels: one per text line
+    for r in rows:
+        if r is None:
+            current = None
+        elif current is None:
+            current = list(r)
+            lines.append(current)
+        else:
+            current[0], current[1] = min(current[0], r[0]), max(current[1], r[1])
+    assert len(lines) >= 2, lines
+    (i_lo, i_hi), (w_lo, w_hi) = lines[-2:]  # the i line (its dots may form a run of their own above) and the W line
+    assert abs((i_hi - i_lo) - (w_hi - w_lo)) <= 0.1 * (w_hi - w_lo), lines
+
+
+def test_user_message_keeps_line_breaks(app_page, output_dir):
+    """Shift+Enter lines stay lines in the sent bubble (Markdown joined them into one) and * is
+    not read as formatting."""
+    page = app_page()
+    box = composer(page)
+    box.click()
+    box.type("first line")
+    box.press("Shift+Enter")
+    box.type("second *line*")
+    box.press("Enter")
+    wait_reply_done(page)
+    page.screenshot(path=output_dir / "line_breaks.png")
+    assert "first line\nsecond *line*" in texts(page), texts(page)
+
+
+CUT_STATS = {"stop_reason": "length", "generated_tokens": 12, "decode_tok_s": 30.0, "ttft_s": 0.1}
+
+
+def test_cut_off_reply_has_mark_and_continue(app_page, output_dir):
+    saved_chat("Counting", "Count from one to twenty in words, separated by commas.",
+               "One, two, three, four, five, six,", CUT_STATS,
+               settings={"sampling": {"max_tokens": 12, "temperature": 0.0}, "n_ctx": 2048})
+    page = app_page()
+    tile(page, "Counting").click()
+    wait_until(lambda: "cut off: the answer reached the max tokens limit" in texts(page), 10, "the cut-off mark")
+    page.screenshot(path=output_dir / "cut_off.png")
+    # every message button has its own label (not merged into the bubble's)
+    for label in ("Copy", "Edit", "Regenerate"):
+        assert labelled(page, label).count() > 0, label
+    page.get_by_role("button", name="Continue", exact=True).click()  # a text button: its text is its label
+    wait_reply_done(page)
+    page.screenshot(path=output_dir / "continued.png")
+    store = ChatStore(paths.store_path())
+    [conv] = store.list_conversations()
+    path = store.path_to(conv.current_leaf)
+    assert len(path) == 2, "Continue adds to the same answer, not a new one"
+    assert path[1].content.startswith("One, two, three, four, five, six,")
+    assert len(path[1].content) > len("One, two, three, four, five, six,")
+    store.close()
+
+
+def test_toast_does_not_cover_the_composer(app_page, output_dir):
+    saved_chat("Toast", "Say hi", "Hi there!")
+    page = app_page()
+    tile(page, "Toast").click()
+    wait_until(lambda: labelled(page, "Copy").count() > 0, 10, "the copy button")
+    labelled(page, "Copy").click()
+    wait_until(lambda: text_box(page, "Copied"), 10, "the Copied toast")
+    page.wait_for_timeout(500)  # the toast slides in
+    page.screenshot(path=output_dir / "toast.png")
+    # the toast is a dark bar across the chat column: no row of it may reach the message box
+    field = composer(page).bounding_box()
+    top = field["y"] - 150
+    counts = pixel_stats(page, {"x": field["x"], "y": top, "width": field["width"],
+                                "height": field["y"] + field["height"] - top})["counts"]
+    wide = [n > 0.9 * field["width"] for n in counts]
+    runs, start = [], None  # (first, last) y of runs of wide dark rows; the toast is one of >= 20 rows
+    for y, w in enumerate(wide + [False]):
+        if w and start is None:
+            start = y
+        elif not w and start is not None:
+            runs.append((top + start, top + y - 1))
+            start = None
+    bars = [r for r in runs if r[1] - r[0] >= 20]
+    assert bars, ("the toast is on screen", runs)
+    assert all(last < field["y"] for _, last in bars), (bars, field)
+
+
+def test_phone_title_is_readable(app_page, output_dir):
+    saved_chat("Holiday plans for August", "Where should I go?", "The mountains.")
+    page = app_page(390, 844)
+    wait_until(lambda: visible(page, "Conversations"), 20, "the menu button of the phone layout")
+    button(page, "Conversations").click()
+    page.wait_for_timeout(800)
+    tile(page, "Holiday plans for August").click()
+    wait_until(lambda: "The mountains." in texts(page), 10, "the conversation")
+    page.wait_for_timeout(800)
+    page.screenshot(path=output_dir / "phone_title.png")
+    title = text_box(page, "Holiday plans for August")
+    assert title and title["width"] >= 150, title  # was ~30 px: "Hol…"
+
+
+def test_sidebar_shows_chats_from_another_process(app_page, output_dir):
+    page = app_page()
+    wait_until(lambda: visible(page, "New chat (Ctrl+N)"), 30, "the sidebar")
+    saved_chat("Made in belle chat", "hello", "hi")  # this test process stands in for `belle chat`
+    wait_until(lambda: "Made in belle chat" in texts(page), 15, "the new chat in the sidebar, without a click")
+    page.screenshot(path=output_dir / "sidebar_refreshed.png")
+
+
+def test_chinese_ui_translates_tooltips(app_page, output_dir):
+    page = app_page(language="zh")
+    button(page, "模型").click()
+    wait_until(lambda: "内存充足" in texts(page), 20, "the model list")
+    page.screenshot(path=output_dir / "models_zh.png")
+    shown = texts(page)
+    assert "约需" in shown and "needs about" not in shown, shown
+
+
+def test_settings_error_names_the_field(app_page, output_dir):
+    page = app_page()
+    button(page, "Chat settings").click()
+    field = page.locator('input[aria-label="Max tokens"]')
+    field.wait_for(timeout=10000)
+    field.click()
+    field.fill("0")
+    page.get_by_role("button", name="Save", exact=True).click()
+    wait_until(lambda: "Max tokens: enter a whole number from 1 to 1048576." in texts(page), 10,
+               "the error message")
+    page.screenshot(path=output_dir / "settings_error.png")
+    assert "max_tokens" not in texts(page)
+
+
+def test_settings_before_first_message_make_no_empty_chat(app_page, browser, output_dir):
+    """Opening the app and changing settings writes nothing; the first message creates exactly
+    one conversation, with those settings."""
+    page = app_page()
+    button(page, "Chat settings").click()
+    temp = page.locator('input[aria-label="Temperature"]')
+    temp.wait_for(timeout=10000)
+    temp.click()
+    temp.fill("0.3")
+    tokens = page.locator('input[aria-label="Max tokens"]')
+    tokens.click()
+    tokens.fill("24")
+    page.get_by_role("button", name="Save", exact=True).click()
+    page.wait_for_timeout(1000)
+    assert conversations() == []
+    other = browser.new_context().new_page()  # another tab opened and closed, settings untouched
+    other.goto(page.server.url)
+    enable_semantics(other)
+    other.wait_for_timeout(2000)
+    other.context.close()
+    assert conversations() == []
+    send(page, "Say hi.")
+    wait_reply_done(page)
+    [conv] = conversations()
+    assert conv.settings["sampling"]["temperature"] == 0.3 and conv.settings["sampling"]["max_tokens"] == 24
+
+
+def test_import_gguf_by_upload(app_page, output_dir, default_model_path, tmp_path):
+    """The browser's file picker: the file is uploaded over HTTP with a progress bar, then
+    imported (it used to go over the websocket in one piece and froze the tab)."""
+    import hashlib
+    import shutil
+
+    models_dir = tmp_path / "models"
+    models_dir.mkdir()
+    (models_dir / default_model_path.name).symlink_to(default_model_path)  # present: no first-run fetch
+    picked = tmp_path / "pick" / "my-smollm2.gguf"
+    picked.parent.mkdir()
+    shutil.copyfile(default_model_path, picked)
+    page = app_page(models_dir=models_dir)
+    # ~10 MB/s up: the upload takes seconds, so its progress is on screen long enough to be seen
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions", {"offline": False, "latency": 0, "downloadThroughput": -1,
+                                                  "uploadThroughput": 10 << 20})
+    button(page, "Models").click()
+    wait_until(lambda: "SmolLM2" in texts(page), 20, "the model list")
+    with page.expect_file_chooser(timeout=10000) as chooser:
+        page.get_by_role("button", name="Import GGUF…").click()
+    chooser.value.set_files(str(picked))
+    seen = set()
+
+    def imported():
+        shown = texts(page)
+        progress = [line for line in shown.splitlines() if "Sending my-smollm2.gguf" in line]
+        if progress and not seen:
+            page.screenshot(path=output_dir / "uploading.png")
+        seen.update(progress)
+        return "Imported" in shown
+
+    wait_until(imported, 180, "the import to finish")
+    page.wait_for_timeout(500)
+    page.screenshot(path=output_dir / "imported.png")
+    assert seen, "the upload showed its progress"
+    final = models_dir / "my-smollm2.gguf"
+    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    assert final.stat().st_size == picked.stat().st_size and digest(final) == digest(picked)
+    uploads = paths.home() / "uploads"
+    assert not any(p.is_file() for p in uploads.rglob("*")), "the uploaded copy is removed after the import"
+    assert "my-smollm2" in texts(page) or "SmolLM2" in texts(page)

@@ -12,7 +12,8 @@ from belle.app.session import EngineCache
 from belle.app.ui import state as events
 from belle.app.ui.i18n import STRINGS, tr
 from belle.app.ui.model_list import model_rows
-from belle.app.ui.state import ChatState, split_code_blocks
+from belle.app.session import ChatSession
+from belle.app.ui.state import SETTING_LIMITS, ChatState, UIError, cut_off_reason, parse_setting, split_code_blocks
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +32,7 @@ def state(belle_home, engines):
     yield s
     s.stop()
     s.wait(30)
+    s.close()
     store.close()
 
 
@@ -197,3 +199,97 @@ def test_first_run_fetches_only_a_missing_default_model(default_model_path, monk
     entry = missing_default_model(None)
     assert entry is not None and entry.id == "smollm2-135m"
     assert missing_default_model("qwen2.5-7b-instruct-q4_k_m") is None  # not fetchable by us: the send error says how
+
+
+def test_continue_extends_a_cut_off_answer(state):
+    session = state.ensure_session()
+    session.set_param("max_tokens", 8)
+    session.set_param("temperature", 0)
+    state.send("Write a long story about a dragon who learns to cook.")
+    assert state.wait(60) and state.error is None
+    first = state.items[-1].message
+    assert cut_off_reason(first) == "length"
+    state.continue_reply()
+    assert state.wait(60) and state.error is None
+    after = state.items[-1].message
+    assert after.id == first.id and len(state.items) == 2  # the same answer, longer
+    assert after.content.startswith(first.content) and len(after.content) > len(first.content)
+    assert after.stats["generated_tokens"] > first.stats["generated_tokens"]
+
+
+def test_continue_needs_an_answer(state):
+    with pytest.raises(UIError, match="no answer to continue"):
+        state.continue_reply()
+
+
+def test_new_chat_is_saved_with_its_first_message(state):
+    """Opening the app and changing settings leaves no conversation behind; the first message
+    creates exactly one, with those settings."""
+    session = state.ensure_session()
+    session.set_param("temperature", 0.3)
+    session.set_param("max_tokens", 8)
+    session.set_system_prompt("Be brief.")
+    assert state.conversations() == [] and not state.saved
+    assert state.context_usage() == (0, 4096)  # no model loaded, nothing saved
+    state.send("Hi")
+    assert state.wait(60) and state.error is None
+    [conv] = state.conversations()
+    assert state.saved and conv.id == state.conversation_id
+    assert conv.settings["sampling"]["temperature"] == 0.3 and conv.settings["sampling"]["max_tokens"] == 8
+    assert conv.system_prompt == "Be brief."
+
+
+def test_new_chat_then_leave_writes_nothing(state):
+    state.ensure_session().set_param("n_ctx", 1024)
+    state.new_chat()
+    state.ensure_session().set_template("chatml")
+    assert state.conversations() == []
+
+
+def test_store_changed_sees_other_connections(state):
+    assert not state.store_changed()  # the first call only takes the reference
+    assert not state.store_changed()
+    other = ChatStore(paths.store_path())  # stands in for `belle chat` in another process
+    other.create_conversation("elsewhere")
+    other.close()
+    assert state.store_changed()
+    assert not state.store_changed()
+
+
+def test_setting_limits_match_the_session(belle_home, engines):
+    store = ChatStore(paths.store_path())
+    session = ChatSession.new(store, engines)
+    for name, (kind, lo, hi) in SETTING_LIMITS.items():
+        session.set_param(name, lo)
+        session.set_param(name, hi)
+        for bad in (lo - 1, hi + 1):
+            with pytest.raises(Exception):
+                session.set_param(name, bad)
+            with pytest.raises(UIError):
+                parse_setting(name, str(bad))
+    store.close()
+
+
+def test_setting_errors_use_the_label():
+    with pytest.raises(UIError) as err:
+        parse_setting("max_tokens", "0")
+    assert str(err.value) == "Max tokens: enter a whole number from 1 to 1048576."
+    assert err.value.text(lambda k, **v: tr("zh", k, **v)) == "最大生成词元数：请输入 1 到 1048576 之间的整数。"
+    with pytest.raises(UIError, match="Temperature: enter a number from 0 to 5"):
+        parse_setting("temperature", "warm")
+    assert parse_setting("top_p", " 0.9 ") == 0.9 and parse_setting("n_ctx", "2048") == 2048
+
+
+def test_every_key_the_ui_uses_is_translated():
+    """A key missing from the strings shows as itself, in English, in both languages."""
+    import re
+    from pathlib import Path
+
+    ui = Path(__file__).resolve().parents[2] / "app" / "ui"
+    used = set()
+    for path in ui.glob("*.py"):
+        used |= set(re.findall(r"\bt\(\s*\"([a-z_]+)\"", path.read_text(encoding="utf-8")))
+    used |= {f"cut_off_{r}" for r in ("length", "context")} | set(SETTING_LIMITS)
+    assert used, "no t(...) calls found"
+    assert not used - set(STRINGS["en"]), used - set(STRINGS["en"])
+    assert not used - set(STRINGS["zh"]), used - set(STRINGS["zh"])
