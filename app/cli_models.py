@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
     imp.add_argument("path")
     imp.add_argument("--force", action="store_true", help="replace a model with the same file name")
     imp.set_defaults(func=cmd_import)
-    rm = msub.add_parser("rm", help="delete a downloaded or imported model")
+    rm = msub.add_parser("rm", help="delete a downloaded or imported model (catalog id or file name in the models folder)")
     rm.add_argument("model")
     rm.set_defaults(func=cmd_rm)
     default = msub.add_parser("default", help="show or set the model used when --model is not given")
@@ -107,8 +107,11 @@ def cmd_import(args) -> int:
 
 
 def cmd_rm(args) -> int:
-    path = models.remove(args.model)
-    print(f"removed: {path}")
+    removed = models.remove(args.model)
+    print(f"removed: {removed.path}")
+    if removed.old_default:
+        print(f"'{removed.old_default}' was the default model; the default is now {models.default_model_id()} "
+              "(choose another with `belle models default ID`)")
     return 0
 
 

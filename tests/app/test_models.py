@@ -1,6 +1,8 @@
 """Model files: pull, verify, import, inspect, and the errors for bad files."""
 
+import json
 import os
+import subprocess
 
 import pytest
 
@@ -9,6 +11,7 @@ from belle.app.catalog import load_catalog
 from belle.app.errors import CatalogError, ModelFileError
 from belle.app.gguf_info import estimate_ram, read_model_info
 from belle.app.memory import check_fit
+from tests.conftest import BELLE, run_belle
 
 
 def test_catalog_lists_the_default_and_chinese_models():
@@ -119,3 +122,78 @@ def test_resolve_errors(tmp_path, monkeypatch):
         models.resolve("gpt-5")
     with pytest.raises(ModelFileError, match="no such model file"):
         models.resolve(str(tmp_path / "nope.gguf"))
+
+
+def test_display_name_prefers_the_catalog_name(tmp_path, default_model_path, bad_files):
+    # GGUF general.name of this file is a training tag, not what people should see
+    assert read_model_info(default_model_path).name == "Smollm2 135M 8k Lc100K Mix1 Ep2"
+    assert models.display_name(default_model_path) == "SmolLM2 135M Instruct (Q4_1)"
+    other = tmp_path / "renamed.gguf"
+    os.link(default_model_path, other)
+    assert models.display_name(other) == "Smollm2 135M 8k Lc100K Mix1 Ep2"
+    assert models.display_name(bad_files["not_gguf"]) == "not_gguf"
+    assert models.display_name(tmp_path / "missing.gguf") == "missing"
+
+
+def _error_line(result) -> str:
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("belle: error: "), result.stderr
+    return lines[0]
+
+
+def _belle_in(cwd, *args, env=None) -> subprocess.CompletedProcess:
+    """tests.conftest.run_belle, but from `cwd` (run_belle always runs in the repository root)."""
+    return subprocess.run([*BELLE, *args], capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          cwd=cwd, timeout=120)
+
+
+@pytest.fixture
+def own_models(tmp_path, default_model_path):
+    """A models folder of this test's own with an imported model (a symlink to the test copy)."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "my-model.gguf").symlink_to(default_model_path)
+    return folder
+
+
+def test_rm_acts_on_the_models_folder_not_the_current_one(tmp_path, own_models, default_model_path):
+    env = {"BELLE_MODELS_DIR": str(own_models)}
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "my-model.gguf").symlink_to(default_model_path)  # same name, in the current folder
+    r = _belle_in(work, "models", "rm", "my-model.gguf", env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [f"removed: {own_models / 'my-model.gguf'}"]
+    assert not (own_models / "my-model.gguf").is_symlink() and (work / "my-model.gguf").is_symlink()
+
+    # a catalog id names its file in the models folder; a path elsewhere is refused, not deleted
+    (own_models / load_catalog().get("smollm2-135m").file).symlink_to(default_model_path)
+    line = _error_line(_belle_in(work, "models", "rm", str(work / "my-model.gguf"), env=env))
+    assert f"not in the models folder {own_models}" in line, line
+    assert (work / "my-model.gguf").is_symlink()
+    r = _belle_in(work, "models", "rm", "smollm2-135m", env=env)
+    assert r.returncode == 0 and list(own_models.iterdir()) == [], r.stderr
+    line = _error_line(_belle_in(work, "models", "rm", "smollm2-135m", env=env))
+    assert f"model 'smollm2-135m' is not installed in {own_models}" in line, line
+
+
+def test_removing_the_default_model_resets_the_default(own_models, belle_home):
+    env = {"BELLE_MODELS_DIR": str(own_models)}
+    assert run_belle("models", "default", "my-model.gguf", env=env).returncode == 0
+    r = run_belle("models", "rm", "my-model.gguf", env=env)
+    assert r.returncode == 0, r.stderr
+    assert ("'my-model.gguf' was the default model; the default is now smollm2-135m "
+            "(choose another with `belle models default ID`)") in r.stdout
+    assert json.loads((belle_home / "config.json").read_text())["default_model"] is None
+    assert run_belle("models", "default", env=env).stdout.strip() == "smollm2-135m"
+
+
+def test_a_default_that_no_longer_resolves_says_how_to_fix_it(own_models, belle_home):
+    env = {"BELLE_MODELS_DIR": str(own_models)}
+    (belle_home / "config.json").write_text(json.dumps({"default_model": "gone.gguf"}))
+    for args in (("chat", "-p", "hi"), ("models", "info")):
+        line = _error_line(run_belle(*args, env=env))
+        assert "unknown model id 'gone.gguf'" in line, line
+        assert f"default model set in {belle_home / 'config.json'}; choose another with `belle models default ID`" \
+            in line, line
