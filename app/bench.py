@@ -1,7 +1,10 @@
-"""Benchmark: our chat path against a bare llama-cpp-python loop on the same model and threads.
+"""Benchmark: our chat path against a bare llama-cpp-python loop on the same model.
 
-Each side runs in its own subprocess so that peak RSS is its own. Decoding is greedy on both sides,
-so both generate the same tokens and the tok/s figures compare like with like.
+By default it compares what a user gets (belle with no thread count given, i.e. threads.default_threads())
+with the bare loop at its best thread count, found by a short decode-only sweep over the plausible
+counts; with an explicit thread count both sides use that. Each side runs in its own subprocess so
+that peak RSS is its own. Decoding is greedy on both sides, so both generate the same tokens and the
+tok/s figures compare like with like.
 """
 
 import json
@@ -12,6 +15,7 @@ import tempfile
 import time
 
 from .memory import peak_rss_bytes
+from .threads import logical_cores, physical_cores
 
 LONG_TEXT = ("The history of tea in China goes back thousands of years. 茶起源于中国，最早作为药用，后来成为日常饮品。 "
              "Tea traders carried it along mountain roads to Tibet and across the desert to Central Asia. ") * 6
@@ -38,7 +42,9 @@ def _timed_generate(llm, tokens, max_tokens, is_eog):
     return first - start, n, (n - 1) / (end - first) if n > 1 else 0.0
 
 
-def worker(side: str, model: str, n_ctx: int, threads: int, decode_tokens: int, turns: int) -> dict:
+def worker(side: str, model: str, n_ctx: int, threads: int | None, decode_tokens: int, turns: int) -> dict:
+    """One measurement in this process. side: "bare", "ours", or "sweep" (bare decode only, to find
+    the bare loop's best thread count). threads None: belle's defaults."""
     from .engine import Engine, LoadSettings, Sampling
     from .templates import ChatMessage
 
@@ -48,9 +54,14 @@ def worker(side: str, model: str, n_ctx: int, threads: int, decode_tokens: int, 
     greedy = dict(temperature=0.0, repeat_penalty=1.0, top_k=40, top_p=0.9, min_p=0.05)
     prefill_msgs = [ChatMessage("user", LONG_TEXT + "\nSummarize this in one sentence.")]
     decode_msgs = [ChatMessage("user", "Write a long story about a cat who travels the world.")]
-    out = {"side": side, "load_s": load_s}
     llm = engine.llm
-    if side == "bare":
+    out = {"side": side, "load_s": load_s, "threads": [llm.n_threads, llm.n_threads_batch]}
+    if side == "sweep":
+        llm.reset()
+        _, n, rate = _timed_generate(llm, engine.prompt_tokens(decode_msgs), decode_tokens, engine.is_eog)
+        out.update(decode_tok_s=rate, decode_tokens=n)
+        engine.close()
+    elif side == "bare":
         prompt = engine.prompt_tokens(prefill_msgs)
         llm.reset()
         t = time.perf_counter()
@@ -102,21 +113,54 @@ def worker(side: str, model: str, n_ctx: int, threads: int, decode_tokens: int, 
     return out
 
 
-def run(model: str, n_ctx: int = 2048, threads: int = 2, decode_tokens: int = 256, turns: int = 10,
+def thread_candidates() -> list[int]:
+    """Thread counts worth trying for the bare loop: 1, the physical and logical core counts, and
+    the powers of two between (every count up to 8, which covers most laptops)."""
+    logical = logical_cores()
+    counts = {1, physical_cores(), logical, *range(1, min(logical, 8) + 1)}
+    counts.update(2**k for k in range(logical.bit_length()) if 2**k <= logical)
+    return sorted(counts)
+
+
+def _run_worker(side: str, model: str, n_ctx: int, threads: int | None, decode_tokens: int, turns: int) -> dict:
+    args = [sys.executable, "-m", "belle.app.bench", side, model, str(n_ctx), str(threads or 0), str(decode_tokens),
+            str(turns)]
+    proc = subprocess.run(args, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark worker '{side}' failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run(model: str, n_ctx: int = 2048, threads: int | None = None, decode_tokens: int = 256, turns: int = 10,
         rounds: int = 3, progress=None) -> dict:
     """Alternate bare/ours `rounds` times and keep each side's best figures (noise on a shared
-    machine only ever makes things slower)."""
+    machine only ever makes things slower). threads None: ours runs with belle's defaults and the
+    bare loop with its best thread count from a decode-only sweep run first.
+    progress(steps done, steps total, message) is called before and after each step."""
+    candidates = thread_candidates() if threads is None else []
+    total = len(candidates) + 2 * rounds
+    step = 0
+
+    def measure(label: str, side: str, n_threads: int | None, tokens: int) -> dict:
+        nonlocal step
+        if progress:
+            progress(step, total, f"{label} ...")
+        result = _run_worker(side, model, n_ctx, n_threads, tokens, turns)
+        step += 1
+        if progress:
+            progress(step, total, f"{label}: decode {result['decode_tok_s']:.1f} tok/s")
+        return result
+
+    sweep = {}
+    for n in candidates:
+        sweep[n] = measure(f"bare loop thread sweep, {n} threads", "sweep", n, decode_tokens)["decode_tok_s"]
+    bare_threads = max(sweep, key=sweep.get) if sweep else threads
     results = {"bare": [], "ours": []}
     for r in range(rounds):
-        for side in ("bare", "ours"):
-            if progress:
-                progress(f"round {r + 1}/{rounds}: {side}")
-            args = [sys.executable, "-m", "belle.app.bench", side, model, str(n_ctx), str(threads), str(decode_tokens),
-                    str(turns)]
-            proc = subprocess.run(args, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise RuntimeError(f"benchmark worker '{side}' failed: {proc.stderr.strip().splitlines()[-1:]}")
-            results[side].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        results["bare"].append(measure(f"round {r + 1}/{rounds}: bare, {bare_threads} threads", "bare", bare_threads,
+                                       decode_tokens))
+        ours_label = f"{threads} threads" if threads else "default threads"
+        results["ours"].append(measure(f"round {r + 1}/{rounds}: belle, {ours_label}", "ours", threads, decode_tokens))
     summary = {}
     for side, runs in results.items():
         summary[side] = {
@@ -127,6 +171,7 @@ def run(model: str, n_ctx: int = 2048, threads: int = 2, decode_tokens: int = 25
             "prompt_tokens": runs[0]["prompt_tokens"],
             "ttft_s": [min(x["ttft_s"][i] for x in runs) for i in range(len(runs[0]["ttft_s"]))],
             "peak_rss_bytes": max(x["peak_rss_bytes"] for x in runs),
+            "threads": runs[0]["threads"],  # [n_threads, n_threads_batch] as llama.cpp got them
         }
     ours, bare = summary["ours"], summary["bare"]
     ttft = ours["ttft_s"]
@@ -140,9 +185,11 @@ def run(model: str, n_ctx: int = 2048, threads: int = 2, decode_tokens: int = 25
     }
     summary["config"] = {"model": model, "n_ctx": n_ctx, "threads": threads, "decode_tokens": decode_tokens,
                          "turns": turns, "rounds": rounds}
+    # decode tok/s of the bare loop per thread count (empty when --threads was given)
+    summary["bare_thread_sweep"] = {str(n): rate for n, rate in sweep.items()}
     return summary
 
 
 if __name__ == "__main__":
     side, model, n_ctx, threads, decode_tokens, turns = sys.argv[1:7]
-    print(json.dumps(worker(side, model, int(n_ctx), int(threads), int(decode_tokens), int(turns))))
+    print(json.dumps(worker(side, model, int(n_ctx), int(threads) or None, int(decode_tokens), int(turns))))

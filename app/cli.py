@@ -54,6 +54,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"belle: error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:
+        # Last resort for a file operation that no module turned into a BelleError (those name the
+        # file and say what to do); without a file name it is a bug, and the traceback is wanted.
+        if os.environ.get("BELLE_DEBUG") or not err.filename:
+            raise
+        reason = (err.strerror or str(err)).lower()
+        print(f"belle: error: {err.filename}: {reason}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130

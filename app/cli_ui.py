@@ -3,6 +3,8 @@
 version on localhost. The web client is served with no_cdn=True: CanvasKit and fonts come from the
 flet-web package, so it renders offline."""
 
+import argparse
+import errno
 import importlib.util
 import os
 import socket
@@ -17,7 +19,7 @@ DEFAULT_PORT = 8550
 def add_parser(sub) -> None:
     p = sub.add_parser("ui", help="open the chat app (desktop window, or --web for a browser tab)")
     p.add_argument("--web", action="store_true", help="serve the app to a browser on this machine")
-    p.add_argument("--port", type=int, default=None, help=f"web port (default {DEFAULT_PORT}, or a free one)")
+    p.add_argument("--port", type=port_number, default=None, help=f"web port (default {DEFAULT_PORT}, or a free one)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--no-browser", action="store_true", help="serve without opening a browser")
     p.set_defaults(func=run)
@@ -32,17 +34,60 @@ def desktop_unavailable() -> str | None:
     return None
 
 
-def free_port(host: str, preferred: int) -> int:
-    with socket.socket() as s:
+def port_number(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (1-65535)")
+    return port
+
+
+def _bind(host: str, port: int) -> int:
+    """Bind a throwaway socket the way the web server will, and return the port it got."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                         flags=socket.AI_PASSIVE)[0]
+    with socket.socket(family, kind, proto) as s:
+        # The server (uvicorn) sets SO_REUSEADDR as well: a port left in TIME_WAIT is free for it.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(address)
+        return s.getsockname()[1]
+
+
+def pick_port(host: str, requested: int | None) -> int:
+    """Check --host and --port before Flet starts: otherwise a busy port or a foreign address ends
+    in a long traceback from deep inside the web server. Without --port: DEFAULT_PORT, or any free
+    port when that one is taken. Only binds locally; nothing is sent anywhere."""
+    port = requested or DEFAULT_PORT
+    try:
         try:
-            s.bind((host, preferred))
-            return preferred
-        except OSError:
-            s.bind((host, 0))
-            return s.getsockname()[1]
+            return _bind(host, port)
+        except OSError as err:
+            if requested or err.errno != errno.EADDRINUSE:
+                raise
+            return _bind(host, 0)
+    except socket.gaierror as err:
+        raise BelleError(f"--host {host}: not an address to listen on ({err.strerror})") from None
+    except OSError as err:
+        if err.errno == errno.EADDRINUSE:
+            raise BelleError(f"--port {port}: port {port} on {host} is already in use; pick another port, or leave "
+                             "--port out to get a free one") from None
+        if err.errno == errno.EADDRNOTAVAIL:
+            raise BelleError(f"--host {host}: this machine has no such address; use 127.0.0.1 (this machine only) "
+                             "or one of its own addresses") from None
+        raise BelleError(f"--host {host} --port {port}: cannot listen there "
+                         f"({(err.strerror or str(err)).lower()})") from None
 
 
 def run(args) -> int:
+    web = args.web
+    if not web:
+        why = desktop_unavailable()
+        if why:
+            print(f"belle ui: {why}; serving the web version instead.", flush=True)
+            web = True
+    port = pick_port(args.host, args.port) if web else None
     try:
         import flet as ft
     except ModuleNotFoundError:
@@ -55,12 +100,6 @@ def run(args) -> int:
     from .session import EngineCache
     from .ui.app import make_main
 
-    web = args.web
-    if not web:
-        why = desktop_unavailable()
-        if why:
-            print(f"belle ui: {why}; serving the web version instead.", flush=True)
-            web = True
     assets = str(resources.files("belle.assets"))
     store = ChatStore(paths.store_path())
     engines = EngineCache(n_threads=load_config().n_threads)
@@ -68,7 +107,6 @@ def run(args) -> int:
     if not web:
         ft.run(main, name="Belle", view=ft.AppView.FLET_APP, assets_dir=assets)
         return 0
-    port = args.port or free_port(args.host, DEFAULT_PORT)
     url = f"http://{args.host}:{port}/"
     if args.no_browser:
         # Flet opens the system browser itself when it starts a web server; tests and servers need it not to.

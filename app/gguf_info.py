@@ -165,16 +165,28 @@ def _read_cached(path: Path, size: int, mtime_ns: int) -> ModelInfo:
     return _read(path)  # keyed on size and mtime: a replaced file is read again
 
 
+def _describe_magic(magic: bytes) -> str:
+    """The first bytes as people read them: text when printable (a zip shows "PK"), else hex."""
+    text = magic.decode("ascii", errors="replace")
+    if text.isprintable() and "\ufffd" not in text:
+        return f'"{text}"'
+    return "bytes " + magic.hex(" ")
+
+
 def _read(path: Path) -> ModelInfo:
     if not path.exists():
         raise ModelFileError(f"{path}: no such model file")
     if path.is_dir():
         raise ModelFileError(f"{path}: is a directory, not a GGUF model file")
     size = path.stat().st_size
-    with open(path, "rb") as fh:
-        magic = fh.read(4)
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as err:
+        raise ModelFileError(f"{path}: cannot read the file ({(err.strerror or str(err)).lower()})") from None
     if magic != GGUF_MAGIC:
-        raise ModelFileError(f"{path}: not a GGUF file (starts with {magic!r}, expected b'GGUF')")
+        found = f"starts with {_describe_magic(magic)}" if magic else "the file is empty"
+        raise ModelFileError(f"{path}: not a GGUF file ({found}; a GGUF file starts with \"GGUF\")")
     try:
         meta, tensors, needed = _parse(path)
     except Exception as err:  # EOFError, struct.error, bad enum values: all mean a damaged header
