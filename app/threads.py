@@ -10,11 +10,13 @@ that SMT threads do help with, so it gets every logical core this process may ru
 """
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import psutil
 
-_HYBRID_PERFORMANCE_CPUS = Path("/sys/devices/cpu_core/cpus")  # Linux, Intel hybrid CPUs only
+_HYBRID_PERFORMANCE_CPUS = Path("/sys/devices/cpu_core/cpus")  # Linux on Intel hybrid CPUs
 
 
 def logical_cores() -> int:
@@ -33,15 +35,44 @@ def _parse_cpu_list(text: str) -> list[int]:
     return cpus
 
 
-def _performance_cores() -> int | None:
-    """Physical performance cores on an Intel hybrid CPU under Linux, else None."""
+def _core_of(cpu: int) -> tuple[str, str]:
+    topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+    return (topology / "physical_package_id").read_text().strip(), (topology / "core_id").read_text().strip()
+
+
+def _linux_performance_cores() -> int | None:
+    """Intel hybrid CPUs list their performance cores' CPUs; ARM big.LITTLE (Android, Linux) gives
+    each CPU a relative capacity, 1024 for the fastest: the big cores are those at half of it or more."""
     try:
-        cpus = _parse_cpu_list(_HYBRID_PERFORMANCE_CPUS.read_text())
-        cores = {(Path(f"/sys/devices/system/cpu/cpu{c}/topology/physical_package_id").read_text().strip(),
-                  Path(f"/sys/devices/system/cpu/cpu{c}/topology/core_id").read_text().strip()) for c in cpus}
+        if _HYBRID_PERFORMANCE_CPUS.exists():
+            cpus = _parse_cpu_list(_HYBRID_PERFORMANCE_CPUS.read_text())
+        else:
+            allowed = sorted(os.sched_getaffinity(0))
+            capacity = {c: int(Path(f"/sys/devices/system/cpu/cpu{c}/cpu_capacity").read_text()) for c in allowed}
+            if len(set(capacity.values())) < 2:
+                return None  # all cores alike
+            cpus = [c for c, cap in capacity.items() if cap * 2 >= max(capacity.values())]
+        return len({_core_of(c) for c in cpus}) or None
     except (OSError, ValueError):
         return None
-    return len(cores) or None
+
+
+def _macos_performance_cores() -> int | None:
+    """Apple Silicon: the performance cluster is perflevel0."""
+    try:
+        out = subprocess.run(["sysctl", "-n", "hw.perflevel0.physicalcpu"], capture_output=True, text=True, timeout=5)
+        return int(out.stdout) or None
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+
+
+def _performance_cores() -> int | None:
+    """Physical performance cores on a CPU that mixes fast and slow cores, else None."""
+    if sys.platform.startswith("linux"):
+        return _linux_performance_cores()
+    if sys.platform == "darwin":
+        return _macos_performance_cores()
+    return None
 
 
 def physical_cores() -> int:
