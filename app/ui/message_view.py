@@ -92,7 +92,7 @@ def build(item: MessageItem, t, actions: MessageActions, is_last: bool, busy: bo
         tools.append(labelled_button(ft.Icons.CONTENT_COPY, t("copy"), lambda e: actions.copy(msg.content)))
         if user:
             tools.append(labelled_button(ft.Icons.EDIT_OUTLINED, t("edit"), lambda e: actions.edit(item), busy))
-        elif is_last:
+        if is_last:  # on a question too: its answer was stopped before the first word (and removed)
             tools.append(labelled_button(ft.Icons.REFRESH, t("regenerate"), lambda e: actions.regenerate(), busy))
             if cut:
                 tools.append(ft.TextButton(t("continue"), icon=ft.Icons.FAST_FORWARD, disabled=busy,

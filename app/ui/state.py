@@ -135,6 +135,7 @@ class ChatState:
         self.dropped: list[Message] = []  # left out of the last prompt to fit n_ctx
         self.error: str | None = None
         self.last_turn: Message | None = None
+        self.last_stop = ""  # stop_reason of the last turn ("cancelled", "length", ...), also when its reply was removed
         self.stream_events = 0  # "stream" events sent during the last turn
         self.last_deleted: int | None = None
         self._usage: tuple[int, int] | None = None
@@ -333,6 +334,7 @@ class ChatState:
         self.error = None
         self.dropped = []
         self.stream_events = 0
+        self.last_stop = ""
         self._cancel = threading.Event()
         self.phase = "loading" if self.engines.engine is None else "generating"
         self._emit(STATUS)
@@ -359,6 +361,7 @@ class ChatState:
                     self.stream_events += 1
                     self._emit(STREAM)
             self.last_turn = turn.message  # None: the reply ended before its first word and was removed
+            self.last_stop = turn.stats.get("stop_reason", "")
         except BelleError as err:
             self.error = str(err)
         except Exception as err:  # keep the app usable; the log has the traceback

@@ -522,3 +522,60 @@ def test_import_gguf_by_upload(app_page, output_dir, default_model_path, tmp_pat
     uploads = paths.home() / "uploads"
     assert not any(p.is_file() for p in uploads.rglob("*")), "the uploaded copy is removed after the import"
     assert "my-smollm2" in texts(page) or "SmolLM2" in texts(page)
+
+
+def test_small_context_many_questions_in_the_ui(app_page, output_dir):
+    """Context 300 and max tokens 60: five questions in a row never show an error nor leave an
+    empty answer bubble (the engine crashed once the padded context filled past 300)."""
+    page = app_page()
+    button(page, "Chat settings").click()
+    for label, value in (("Context size", "300"), ("Max tokens", "60")):
+        field = page.locator(f'input[aria-label="{label}"]')
+        field.wait_for(timeout=10000)
+        field.click()
+        field.fill(value)
+    page.get_by_role("button", name="Save", exact=True).click()
+    page.wait_for_timeout(500)
+    for q in ["What is the capital of France?", "Tell me about the sea.", "Name three animals.",
+              "What is two plus two?", "Write a haiku about rain."]:
+        send(page, q)
+        wait_reply_done(page)
+        assert "Error:" not in texts(page), (q, texts(page))
+    page.screenshot(path=output_dir / "five_questions.png")
+    [conv] = conversations()
+    assert conv.settings["n_ctx"] == 300
+    store = ChatStore(paths.store_path())
+    path = store.path_to(conv.current_leaf)
+    store.close()
+    assert [m.role for m in path] == ["user", "assistant"] * 5
+    assert all(m.content.strip() for m in path), "no empty answer in the history"
+
+
+LONG_PASTE = " ".join(f"Line {i}: the quick brown fox jumps over the lazy dog near the river bank." for i in range(180))
+
+
+def test_escape_stops_while_a_long_paste_is_read(app_page, output_dir):
+    """Esc 3 s into reading a ~3,000-token message stops within seconds, not after the whole
+    prompt was read (~15 s here)."""
+    page = app_page()
+    box = composer(page)
+    box.click()
+    box.fill(LONG_PASTE)
+    box.press("Enter")
+    wait_until(lambda: visible(page, "Stop"), 30, "generation to start")
+    page.wait_for_timeout(3000)
+    t0 = time.monotonic()
+    page.keyboard.press("Escape")
+    wait_until(lambda: visible(page, "Send"), 10, "Esc to stop the reply")
+    stopped_after = time.monotonic() - t0
+    page.wait_for_timeout(300)
+    page.screenshot(path=output_dir / "stopped_while_reading.png")
+    assert stopped_after < 10
+    assert "Error:" not in texts(page)
+    store = ChatStore(paths.store_path())
+    [conv] = store.list_conversations()
+    path = store.path_to(conv.current_leaf)
+    store.close()
+    # stopped before its first word: the empty answer is removed; if a word came, it says stopped
+    assert path[-1].role == "user" or path[-1].stats["stop_reason"] == "cancelled"
+    assert labelled(page, "Regenerate").count() > 0  # the question can be answered again

@@ -293,3 +293,35 @@ def test_every_key_the_ui_uses_is_translated():
     assert used, "no t(...) calls found"
     assert not used - set(STRINGS["en"]), used - set(STRINGS["en"])
     assert not used - set(STRINGS["zh"]), used - set(STRINGS["zh"])
+
+
+LONG_PASTE = " ".join(f"Line {i}: the quick brown fox jumps over the lazy dog near the river bank." for i in range(180))
+
+
+def test_stop_while_a_long_message_is_read(state):
+    """Stop 3 s into reading a ~3,000-token message ends the turn within seconds (the engine reads
+    long prompts in chunks and checks Stop between them), not after the whole prompt."""
+    state.ensure_session().set_param("max_tokens", 64)
+    state.send(LONG_PASTE)
+    time.sleep(3)
+    t0 = time.monotonic()
+    state.stop()
+    assert state.wait(30)
+    assert time.monotonic() - t0 < 10
+    assert state.last_stop == "cancelled" and state.error is None
+    assert all(i.message.content for i in state.items), "no empty answer is left"
+
+
+def test_small_context_many_questions(state):
+    """Context 300, max tokens 60: question after question never fails and never leaves an empty
+    answer (older turns are left out instead)."""
+    session = state.ensure_session()
+    session.set_param("n_ctx", 300)
+    session.set_param("max_tokens", 60)
+    for q in ["What is the capital of France?", "Tell me about the sea.", "Name three animals.",
+              "What is two plus two?", "Write a haiku about rain.", "What colour is the sky?"]:
+        state.send(q)
+        assert state.wait(60)
+        assert state.error is None, (q, state.error)
+    assert all(i.message.content for i in state.items)
+    assert [i.message.role for i in state.items] == ["user", "assistant"] * 6
