@@ -4,6 +4,7 @@ Every conversation is saved in the store, the same one the UI shows.
 """
 
 import json
+import os
 import shutil
 import signal
 import sys
@@ -13,6 +14,7 @@ from datetime import datetime
 
 from . import models, paths
 from .chat_store import ChatStore
+from .config import load_config
 from .errors import BelleError
 from .export import to_json, to_markdown
 from .gguf_info import human_bytes, read_model_info
@@ -72,7 +74,7 @@ def _check_memory(model: str | None, n_ctx: int, force: bool) -> None:
 
 def run(args) -> int:
     store = ChatStore(paths.store_path())
-    engines = EngineCache(n_threads=args.threads, n_gpu_layers=args.n_gpu_layers)
+    engines = EngineCache(n_threads=args.threads or load_config().n_threads, n_gpu_layers=args.n_gpu_layers)
     try:
         session = _open_session(store, engines, args)
         _check_memory(session.model, session.settings.n_ctx, args.force)
@@ -169,7 +171,11 @@ class Repl:
 
     @staticmethod
     def width() -> int:
-        return shutil.get_terminal_size((100, 24)).columns
+        """The terminal's width now (it may be resized between answers)."""
+        try:
+            return os.get_terminal_size(sys.stdout.fileno()).columns
+        except (OSError, ValueError):  # not a terminal
+            return shutil.get_terminal_size((100, 24)).columns
 
     def say(self, text: str = "") -> None:
         """Print a message or a stored answer, wrapped at word boundaries."""
@@ -207,12 +213,12 @@ class Repl:
                 try:
                     handler(rest.strip())
                 except BelleError as err:
-                    print(f"error: {err}")
+                    self.say(f"error: {err}")
                 continue
             try:
                 self._stream(lambda cancel: self.session.send(line, cancel))
             except BelleError as err:
-                print(f"error: {err}")
+                self.say(f"error: {err}")
 
     def _read(self) -> str | None:
         line = input(">>> ")
@@ -241,15 +247,16 @@ class Repl:
         readline.set_history_length(2000)
         atexit.register(lambda: readline.write_history_file(history))
 
-    def _stream(self, start, already: str = "") -> None:
-        """Run a turn, printing its text as it comes (after `already`, the text it continues)."""
+    def _stream(self, start, continuing: bool = False) -> None:
+        """Run a turn, printing its text as it comes (after "…" when it continues an answer)."""
         cancel = threading.Event()
         turn = start(cancel)
         if turn.dropped:
             self.say(f"[{len(turn.dropped)} older messages left out to fit the {self.session.settings.n_ctx}-token "
                      "context; /set n_ctx N to keep more]")
         wrap = StreamWrap(self.width(), lambda text: print(text, end="", flush=True))
-        wrap.column = len(already.rsplit("\n", 1)[-1]) % wrap.width if already else 0
+        if continuing:
+            wrap.write("…")
         with _ctrl_c_cancels(cancel):
             try:
                 message = turn.run(wrap.write)
@@ -384,9 +391,7 @@ class Repl:
         self._stream(lambda cancel: self.session.regenerate(cancel))
 
     def cmd_continue(self, _):
-        path = self.session.path() if self.session.saved else []
-        already = path[-1].content if path and path[-1].role == "assistant" else ""
-        self._stream(lambda cancel: self.session.continue_reply(cancel), already)
+        self._stream(lambda cancel: self.session.continue_reply(cancel), continuing=True)
 
     def cmd_undo(self, _):
         removed = self.session.undo()
