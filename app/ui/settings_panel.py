@@ -40,10 +40,10 @@ class SettingsPanel:
         content = ft.Column([
             ft.Text(t("settings"), weight=ft.FontWeight.BOLD), self.system, self.template,
             ft.Row(list(self.fields.values()), wrap=True),
+            self.error,  # next to the fields it is about
             ft.Divider(),
             ft.Text(t("app_settings"), weight=ft.FontWeight.BOLD), ft.Row([self.language, self.theme], wrap=True),
-            ft.Text(t("data_folder"), size=12), ft.Text(str(paths.home()), size=12, selectable=True),
-            self.error], tight=True, scroll=ft.ScrollMode.AUTO, spacing=10)
+            ft.Text(t("data_folder"), size=12), ft.Text(str(paths.home()), size=12, selectable=True)], tight=True, scroll=ft.ScrollMode.AUTO, spacing=10)
         self.page.show_dialog(ft.AlertDialog(
             title=ft.Text(t("settings")), content=ft.Container(content, width=560),
             actions=[ft.TextButton(t("cancel"), on_click=lambda e: self.page.pop_dialog()),

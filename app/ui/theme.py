@@ -25,7 +25,8 @@ MODES = {"light": ft.ThemeMode.LIGHT, "dark": ft.ThemeMode.DARK, "system": ft.Th
 def text_style() -> ft.TextStyle:
     """Every text: the CJK font, and the emoji font for what it lacks. Flutter web only falls back
     to fonts named here (its own fallback fetches Noto fonts from the internet)."""
-    return ft.TextStyle(font_family=FONT, font_family_fallback=[EMOJI_FONT])
+    # the colour too: a text theme style without one came out black in the dark theme
+    return ft.TextStyle(font_family=FONT, font_family_fallback=[EMOJI_FONT], color=ft.Colors.ON_SURFACE)
 
 
 def code_style() -> ft.TextStyle:
