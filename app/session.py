@@ -23,7 +23,7 @@ from . import models
 from .catalog import load_catalog
 from .chat_store import ChatStore, Conversation, Message
 from .engine import Engine, LoadSettings, Reply, Sampling
-from .errors import BelleError, SettingsError
+from .errors import BelleError, ContextOverflowError, SettingsError
 from .templates import ChatMessage
 
 log = logging.getLogger(__name__)
@@ -243,9 +243,18 @@ class ChatSession:
         return system + [ChatMessage(m.role, m.content) for m in messages]
 
     def context_usage(self) -> tuple[int, int]:
-        """(tokens the branch on screen takes, n_ctx) for the token meter."""
+        """(tokens of the branch on screen that the model sees, n_ctx) for the token meter. Once
+        the branch outgrows the context, older turns are left out of the prompt, so the meter
+        counts what is kept ("374 / 300" read as a bug)."""
         engine = self.engine()
-        return len(engine.prompt_tokens(self.history(self.path()))), engine.n_ctx
+        history = self.history(self.path())
+        used = len(engine.prompt_tokens(history))
+        if used > engine.n_ctx:
+            try:
+                used = len(engine.fit(history, 0).prompt_tokens)
+            except ContextOverflowError:
+                used = engine.n_ctx
+        return used, engine.n_ctx
 
     # changing settings (saved with the conversation; in memory until it is saved)
 
