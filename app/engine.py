@@ -97,11 +97,12 @@ class Fit:
 # Prompt reading is done in chunks so that Stop works while a long prompt is read: llama.cpp's
 # decode call cannot be interrupted, so a cancel is seen between chunks. Chunks are sized to take
 # about PREFILL_CHUNK_S each, from the speed measured on the chunks before (a 7B model on a laptop
-# CPU reads ~16 tokens/s, a 135M one ~250): small enough to stop quickly, big enough that the
-# matrix multiplications stay efficient (benchmarks/prefill_chunks.py measures the cost).
-PREFILL_CHUNK_S = 0.5
+# CPU reads ~16 tokens/s, a 135M one ~150-250). benchmarks/prefill_chunks.py on the default model,
+# 2 cores: 0.5 s chunks read at 0.95 of the one-call speed and stopped 0.42 s after a cancel, 1.0 s
+# chunks at 0.98 and 0.6 s; reading the whole 1,926-token prompt took 12 s.
+PREFILL_CHUNK_S = 1.0
 PREFILL_FIRST_CHUNK = 16  # tokens: a first measurement that is quick even for a 7B model
-PREFILL_MIN_CHUNK = 16
+PREFILL_MIN_CHUNK = 32  # smaller batches waste most of each pass over the weights
 
 
 class Reply:

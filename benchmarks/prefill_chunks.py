@@ -19,6 +19,7 @@ import time
 
 
 def main() -> None:
+    from belle.app import engine as engine_module
     from belle.app import models
     from belle.app.engine import Engine, LoadSettings, Sampling
     from belle.app.templates import ChatMessage
@@ -28,7 +29,10 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=2000, help="prompt length, about")
     ap.add_argument("--threads", type=int, default=None, help="default: the engine's default")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--chunk-s", type=float, default=None, help="try another chunk target (seconds)")
     args = ap.parse_args()
+    if args.chunk_s:
+        engine_module.PREFILL_CHUNK_S = args.chunk_s
 
     path = models.resolve(args.model)
     engine = Engine.load(path, LoadSettings(n_ctx=args.tokens + 256, n_threads=args.threads))
@@ -38,7 +42,8 @@ def main() -> None:
     greedy = Sampling(max_tokens=1, temperature=0.0, repeat_penalty=1.0)
     llm = engine.llm
     tokens = engine.prompt_tokens(messages)
-    print(f"model {path.name}, prompt {len(tokens)} tokens, n_batch {llm.n_batch}")
+    print(f"model {path.name}, prompt {len(tokens)} tokens, n_batch {llm.n_batch}, "
+          f"chunks of ~{engine_module.PREFILL_CHUNK_S} s")
 
     ours, bare = [], []
     for r in range(args.rounds):
