@@ -121,7 +121,8 @@ def test_overflow_notice(state):
     assert state.dropped, "older turns should have been left out of a 256-token context"
     assert state.items[0].message.content == long  # dropped from the prompt, not from the chat
     used, n_ctx = state.context_usage()
-    assert n_ctx == 256 and used > 256  # the meter shows the branch is larger than the context
+    # the meter counts what the model sees: older turns are left out, so it stays within the context
+    assert n_ctx == 256 and 0 < used <= 256
 
 
 def test_search_finds_chinese_substring_one_hit_per_conversation(state):
