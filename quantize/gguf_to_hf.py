@@ -5,7 +5,8 @@ transformers' dequantizing loader, not ours, so a round trip GGUF -> HF -> GGUF 
 converter against an independent implementation.
 
 transformers 5 cannot `save_pretrained` a model loaded from GGUF, so we build a fresh model
-from its config and load the state dict into it (shared/reference/environment.md).
+from its config and load the state dict into it (checked with transformers 5 on SmolLM2:
+`save_pretrained` on the GGUF-loaded model raises).
 """
 
 from __future__ import annotations

@@ -44,7 +44,8 @@ if [ ! -f "$stamp" ]; then
     tail -n 40 "$log" >&2; echo "setup: pip install $* failed; full log in $log" >&2; exit 1; }; }
   : >"$log"
   pip_install --upgrade pip setuptools wheel
-  # CPU torch: the pin keeps pip from pulling the multi-GB CUDA build (see shared/reference/environment.md).
+  # CPU torch: any requirement torch 2.13 does not satisfy makes pip pull the newest multi-GB CUDA
+  # build; pinning 2.13 keeps the CPU build.
   [ "$DEV" = 1 ] && pip_install "torch==2.13.*"
   CMAKE_ARGS="${CMAKE_ARGS:--DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF}" \
     pip_install -e ".[$extras]"

@@ -2,7 +2,8 @@
 
 Flutter web draws on a canvas; clicking the hidden `flt-semantics-placeholder` switches on its
 accessibility tree, after which text fields are real <input>/<textarea> elements and buttons are
-`flt-semantics` nodes labelled with the control's tooltip (see shared/reference/environment.md)."""
+`flt-semantics` nodes labelled with the control's tooltip or semantics label. Chromium runs
+with background networking off: this machine has no network, and its connection attempts fail."""
 
 import os
 import signal
