@@ -24,6 +24,11 @@ from .templates import ChatMessage, ChatTemplate, Piece, make_template, pick_tem
 log = logging.getLogger(__name__)
 
 
+# What each sampling setting accepts (inclusive); the CLI and the UI's settings dialog check against this.
+SAMPLING_LIMITS = {"temperature": (0, 5), "top_p": (0, 1), "top_k": (0, 100000), "min_p": (0, 1),
+                   "repeat_penalty": (0, 5), "max_tokens": (1, 1 << 20), "seed": (-1, 2**31 - 1)}
+
+
 @dataclass
 class Sampling:
     temperature: float = 0.7
@@ -47,9 +52,7 @@ class Sampling:
         except (TypeError, ValueError):
             kind = "a whole number" if whole else "a number"
             raise SettingsError(f"setting '{name}' needs {kind}, got {value!r}") from None
-        limits = {"temperature": (0, 5), "top_p": (0, 1), "top_k": (0, 100000), "min_p": (0, 1),
-                  "repeat_penalty": (0, 5), "max_tokens": (1, 1 << 20), "seed": (-1, 2**31 - 1)}
-        lo, hi = limits[name]
+        lo, hi = SAMPLING_LIMITS[name]
         if not lo <= parsed <= hi:
             raise SettingsError(f"setting '{name}' must be between {lo} and {hi}, got {parsed}")
         setattr(self, name, parsed)

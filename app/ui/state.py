@@ -14,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..chat_store import ChatStore, Conversation, Message, SearchHit
+from ..engine import SAMPLING_LIMITS
 from ..errors import BelleError
-from ..session import ChatSession, ConversationSettings, EngineCache, Turn
+from ..session import MAX_N_CTX, MIN_N_CTX, ChatSession, ConversationSettings, EngineCache, Turn
 
 log = logging.getLogger(__name__)
 
@@ -93,14 +94,14 @@ def error_text(err: BelleError, t) -> str:
     return err.text(t) if isinstance(err, UIError) else str(err)
 
 
-# The chat settings the settings dialog edits, with the range the session accepts (the same
-# limits as ConversationSettings.apply; tests/ui/test_state.py checks they agree), so a wrong value
-# is explained with the field's label instead of the internal name ('max_tokens').
+# The chat settings the settings dialog edits, with the ranges the session accepts (taken from the
+# engine and session, not repeated), so a wrong value is explained with the field's label instead
+# of the internal name ('max_tokens').
 SETTING_LIMITS: dict[str, tuple[type, float, float]] = {
-    "temperature": (float, 0, 5),
-    "top_p": (float, 0, 1),
-    "max_tokens": (int, 1, 1 << 20),
-    "n_ctx": (int, 64, 1 << 20),
+    "temperature": (float, *SAMPLING_LIMITS["temperature"]),
+    "top_p": (float, *SAMPLING_LIMITS["top_p"]),
+    "max_tokens": (int, *SAMPLING_LIMITS["max_tokens"]),
+    "n_ctx": (int, MIN_N_CTX, MAX_N_CTX),
 }
 
 
