@@ -1,0 +1,147 @@
+"""GPTQ (Frantar et al. 2022) for one weight matrix, with a GGUF block format as the grid.
+
+The algorithm is the reference one (IST-DASLab gptq.py): H = 2 X^T X from the layer's inputs;
+dead columns zeroed; optional act-order (columns by descending diag(H)); damping of
+`damp * mean(diag(H))`; the upper Cholesky factor of H^-1; a sweep over columns in lazy batches,
+each column rounded and its error spread over the columns not yet rounded.
+
+What is ours is the grid. When the sweep enters a GGUF block (32 columns, or a 256-column
+K-quant super-block) the block's scales are fixed from the weights *as updated so far*, with a
+search weighted by diag(H) (gguf_grid.fit_block); then each column is rounded inside them. With
+act-order the columns of one block are no longer swept together, so all scales are fixed before
+the sweep from the original weights. Lazy batches are whole blocks, so a block's weights are
+always read after every update that precedes them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .gguf_grid import GRIDS, Grid, fit_block, round_codes, values
+
+
+@dataclass
+class GPTQResult:
+    codes: torch.Tensor  # [rows, cols] stored codes
+    raw: dict[str, torch.Tensor]  # stored scale fields (ggml_pack.BlockCodes names), [rows, k]
+    weight: torch.Tensor  # [rows, cols] float32: the weights the file decodes to
+    loss: float  # sum over columns of err^2 / Hinv_jj^2 (GPTQ's own objective, for logs)
+
+
+class Hessian:
+    """Running H = 2/n sum x x^T over the rows fed to a linear layer (float32 on `device`)."""
+
+    def __init__(self, n_in: int, device):
+        self.H = torch.zeros(n_in, n_in, dtype=torch.float32, device=device)
+        self.n = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).to(self.H.device, torch.float32)
+        m = x.shape[0]
+        # keep H the mean over all rows seen so far, as the reference does (scale-free for GPTQ)
+        self.H *= self.n / (self.n + m)
+        self.n += m
+        x = math.sqrt(2 / self.n) * x
+        self.H += x.T @ x
+
+
+def gptq_quantize(W: torch.Tensor, H: torch.Tensor, qtype, *, damp: float = 0.01, act_order: bool = False,
+                  lazy: int = 128) -> GPTQResult:
+    """GPTQ-round W [rows, cols] onto the GGUF grid of `qtype` given the Hessian H [cols, cols]."""
+    grid = GRIDS[qtype]
+    W = W.detach().to(torch.float32).clone()
+    rows, cols = W.shape
+    if cols % grid.block:
+        raise ValueError(f"{cols} columns are not a multiple of {qtype.name}'s block of {grid.block}")
+    H = H.to(W.device, torch.float32).clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    importance = torch.diag(H).clone()
+
+    raw: dict[str, list] = {}
+    S = torch.empty_like(W)  # effective scale / offset of every column's group, filled as blocks are fixed
+    O = torch.zeros_like(W) if grid.asym else None
+
+    def fix(b0: int, x: torch.Tensor) -> None:
+        fields, s, o = fit_block(x, importance[b0:b0 + grid.block], grid)
+        for k, v in fields.items():
+            raw.setdefault(k, [None] * (cols // grid.block))[b0 // grid.block] = v
+        S[:, b0:b0 + grid.block] = s.repeat_interleave(grid.group, dim=1)
+        if O is not None:
+            O[:, b0:b0 + grid.block] = o.repeat_interleave(grid.group, dim=1)
+
+    perm = None
+    if act_order:
+        for b0 in range(0, cols, grid.block):
+            fix(b0, W[:, b0:b0 + grid.block])
+        perm = torch.argsort(torch.diag(H), descending=True)
+        W, H, S = W[:, perm], H[perm][:, perm], S[:, perm]
+        O = O[:, perm] if O is not None else None
+
+    H[range(cols), range(cols)] += damp * torch.mean(torch.diag(H))
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    del H
+
+    Q = torch.empty_like(W)
+    codes = torch.empty_like(W)
+    lazy = max(lazy, grid.block) // grid.block * grid.block
+    loss = 0.0
+    for i1 in range(0, cols, lazy):
+        i2 = min(i1 + lazy, cols)
+        W1 = W[:, i1:i2].clone()
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            j = i1 + i
+            if perm is None and j % grid.block == 0:
+                fix(j, W1[:, i:i + grid.block])
+            w = W1[:, i]
+            s = S[:, j]
+            o = O[:, j] if O is not None else None
+            c = round_codes(w, s, o, grid)
+            q = values(c, s, o, grid)
+            codes[:, j], Q[:, j] = c, q
+            err = (w - q) / Hinv1[i, i]
+            loss += float((err * err).sum())
+            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
+            Err1[:, i] = err
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+
+    if perm is not None:
+        inv = torch.argsort(perm)
+        Q, codes = Q[:, inv], codes[:, inv]
+    fields = {k: torch.cat(v, dim=1) for k, v in raw.items()}
+    return GPTQResult(codes, fields, Q, loss / 2)
+
+
+def rtn_quantize(W: torch.Tensor, qtype, importance: torch.Tensor | None = None) -> GPTQResult:
+    """Round to nearest on the same grid, scales from the same weighted search (for tensors with no
+    Hessian, such as token embeddings, and as a baseline)."""
+    grid: Grid = GRIDS[qtype]
+    W = W.detach().to(torch.float32)
+    rows, cols = W.shape
+    if cols % grid.block:
+        raise ValueError(f"{cols} columns are not a multiple of {qtype.name}'s block of {grid.block}")
+    w = torch.ones(cols, device=W.device) if importance is None else importance.to(W.device, torch.float32)
+    codes, Q, raw = torch.empty_like(W), torch.empty_like(W), {}
+    chunk = max(1, (1 << 22) // cols)  # rows at a time: a 250k-token embedding never needs a full copy
+    for r0 in range(0, rows, chunk):
+        Wr = W[r0:r0 + chunk]
+        parts: dict[str, list] = {}
+        for b0 in range(0, cols, grid.block):
+            fields, s, o = fit_block(Wr[:, b0:b0 + grid.block], w[b0:b0 + grid.block], grid)
+            for k, v in fields.items():
+                parts.setdefault(k, []).append(v)
+            x = Wr[:, b0:b0 + grid.block].reshape(Wr.shape[0], -1, grid.group)
+            s3 = s.unsqueeze(-1)
+            o3 = o.unsqueeze(-1) if o is not None else None
+            c = round_codes(x, s3, o3, grid)
+            codes[r0:r0 + chunk, b0:b0 + grid.block] = c.reshape(Wr.shape[0], -1)
+            Q[r0:r0 + chunk, b0:b0 + grid.block] = values(c, s3, o3, grid).reshape(Wr.shape[0], -1)
+        for k, v in parts.items():
+            raw.setdefault(k, []).append(torch.cat(v, dim=1))
+    return GPTQResult(codes, {k: torch.cat(v, dim=0) for k, v in raw.items()}, Q, 0.0)
