@@ -29,6 +29,8 @@ QUANT_TYPES: dict[str, str] = {
     "Q4_K_S": "MOSTLY_Q4_K_S",
     "Q4_0": "MOSTLY_Q4_0",
     "Q4_1": "MOSTLY_Q4_1",
+    "Q5_0": "MOSTLY_Q5_0",
+    "Q5_1": "MOSTLY_Q5_1",
     "Q3_K_M": "MOSTLY_Q3_K_M",
     "Q2_K": "MOSTLY_Q2_K",
 }

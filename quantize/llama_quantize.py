@@ -66,7 +66,7 @@ def _imatrix_array(imatrix: dict[str, np.ndarray]):
 
 
 def _run(src: Path, dst: Path, ftype: int, *, imatrix=None, nthread: int = 0, allow_requantize: bool = False,
-         what: str = "") -> None:
+         pure: bool = False, what: str = "") -> None:
     import llama_cpp
 
     from .llama_log import route_llama_log
@@ -76,6 +76,7 @@ def _run(src: Path, dst: Path, ftype: int, *, imatrix=None, nthread: int = 0, al
     params.nthread = nthread or (os.cpu_count() or 1)
     params.ftype = ftype
     params.allow_requantize = allow_requantize
+    params.pure = pure
     keep = None
     if imatrix:
         entries, keep = _imatrix_array(imatrix)
@@ -101,8 +102,12 @@ def dequantize_to_f32(src: Path, dst: Path, nthread: int = 0) -> Path:
 
 
 def quantize(src: Path, dst: Path, qtype: str, *, imatrix: dict[str, np.ndarray] | None = None,
-             nthread: int = 0, force: bool = False) -> QuantizeResult:
-    """Quantize a GGUF with llama.cpp's recipe `qtype` (e.g. "Q4_K_M"), optionally with an imatrix."""
+             nthread: int = 0, force: bool = False, pure: bool = False) -> QuantizeResult:
+    """Quantize a GGUF with llama.cpp's recipe `qtype` (e.g. "Q4_K_M"), optionally with an imatrix.
+
+    pure: llama-quantize's --pure, every 2-D weight (output and token embeddings too) of the recipe's
+    base type, with llama.cpp's fallback where a row width does not fit that type's blocks.
+    """
     src, dst = Path(src), Path(dst)
     if qtype not in QUANT_TYPES:
         raise BelleError(f"--type {qtype!r}: choose one of {', '.join(QUANT_TYPES)}")
@@ -113,7 +118,7 @@ def quantize(src: Path, dst: Path, qtype: str, *, imatrix: dict[str, np.ndarray]
         raise BelleError(f"{dst}: output would overwrite the input")
 
     start = time.perf_counter()
-    _run(src, dst, quant_ftype(qtype), imatrix=imatrix, nthread=nthread, what=qtype)
+    _run(src, dst, quant_ftype(qtype), imatrix=imatrix, nthread=nthread, pure=pure, what=qtype)
     seconds = time.perf_counter() - start
     log.info("quantized %s -> %s (%s) in %.1f s", src, dst, qtype, seconds)
     return QuantizeResult(dst, qtype, "imatrix" if imatrix else "rtn", seconds, dst.stat().st_size)

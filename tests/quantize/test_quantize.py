@@ -11,7 +11,7 @@ from belle.quantize.constants import QUANT_TYPES, quant_ftype
 
 # the type llama.cpp's recipes give blk.N.attn_q.weight (src/llama-quant.cpp, llama_tensor_get_type)
 ATTN_Q_TYPE = {"Q8_0": "Q8_0", "Q6_K": "Q6_K", "Q5_K_M": "Q5_K", "Q4_K_M": "Q4_K", "Q4_K_S": "Q4_K",
-               "Q4_0": "Q4_0", "Q4_1": "Q4_1", "Q3_K_M": "Q3_K", "Q2_K": "Q2_K"}
+               "Q4_0": "Q4_0", "Q4_1": "Q4_1", "Q5_0": "Q5_0", "Q5_1": "Q5_1", "Q3_K_M": "Q3_K", "Q2_K": "Q2_K"}
 
 
 def tensor_types(path):
