@@ -27,6 +27,9 @@ from .vocab import default_chat_template, read_vocab, resolve_chat_template, wri
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int, str], None]  # (tensors done, total, current name)
+# A quantizer's output for one tensor: GGUF block bytes [rows, bytes per row] in the checkpoint's
+# row order (the converter applies the same row rearrangement as for float tensors).
+PackedSource = Callable[["PlannedTensor"], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -39,8 +42,14 @@ class PlannedTensor:
 
     @property
     def nbytes(self) -> int:
-        n = int(np.prod(self.shape))
-        return n * (4 if self.qtype == GGMLQuantizationType.F32 else 2)
+        if self.qtype in (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16):
+            return int(np.prod(self.shape)) * (4 if self.qtype == GGMLQuantizationType.F32 else 2)
+        return int(np.prod(gguf.quants.quant_shape_to_byte_shape(self.shape, self.qtype)))
+
+    @property
+    def packed(self) -> bool:
+        """Block-quantized: its bytes come pre-packed from a quantizer, not from the checkpoint."""
+        return self.qtype not in (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16)
 
 
 def check_output_path(out: Path, force: bool) -> None:
@@ -117,8 +126,15 @@ def _encode_half(x: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
 
 
 def convert(model_dir: Path, out: Path, outtype: str = "f16", *, force: bool = False,
-            chat_template: str | None = None, pre: str | None = None, progress: Progress | None = None) -> Path:
-    """Convert a Hugging Face model directory to a GGUF file; returns the output path."""
+            chat_template: str | None = None, pre: str | None = None, progress: Progress | None = None,
+            types: dict[str, GGMLQuantizationType] | None = None, packed: PackedSource | None = None,
+            file_type=None, extra_kv: Callable[[GGUFWriter], None] | None = None) -> Path:
+    """Convert a Hugging Face model directory to a GGUF file; returns the output path.
+
+    A quantizer (gptq_run) reuses the whole converter: `types` maps GGUF tensor names to block
+    types, `packed` returns those tensors' bytes, `file_type` / `extra_kv` fill the metadata, so a
+    quantized file has exactly the vocabulary, template and hyperparameters of a converted one.
+    """
     model_dir, out = Path(model_dir), Path(out)
     if outtype not in OUTTYPES:
         raise BelleError(f"--outtype {outtype!r}: choose one of {', '.join(OUTTYPES)}")
@@ -129,19 +145,27 @@ def convert(model_dir: Path, out: Path, outtype: str = "f16", *, force: bool = F
         cfg = ckpt.config
         arch = get_arch(cfg, str(model_dir / "config.json"))
         plan = plan_tensors(ckpt, arch, outtype)
+        if types:
+            plan = [PlannedTensor(t.hf_name, t.gguf_name, t.kind, t.shape, types.get(t.gguf_name, t.qtype))
+                    for t in plan]
         vocab = read_vocab(model_dir, need(cfg, "vocab_size"), prefer_sentencepiece=not arch.bpe_only, pre=pre)
 
         writer = GGUFWriter(path=None, arch=gguf.MODEL_ARCH_NAMES[arch.gguf_arch])
         writer.add_type(gguf.GGUFType.MODEL)
         writer.add_name(str(cfg.get("_name_or_path") or cfg.get("_model_name_or_path") or model_dir.resolve().name))
         arch.write_hparams(writer, cfg)
-        writer.add_file_type(outtype_types(outtype)[1])
+        writer.add_file_type(file_type if file_type is not None else outtype_types(outtype)[1])
         write_vocab(writer, model_dir, vocab,
                     chat_template=resolve_chat_template(chat_template) if chat_template else None,
                     fallback_template=default_chat_template(model_dir, cfg))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        if extra_kv:
+            extra_kv(writer)
         for t in plan:
-            if t.qtype == GGMLQuantizationType.BF16:
+            if t.packed:
+                byte_shape = gguf.quants.quant_shape_to_byte_shape(t.shape, t.qtype)
+                writer.add_tensor_info(t.gguf_name, byte_shape, np.dtype(np.uint8), t.nbytes, raw_dtype=t.qtype)
+            elif t.qtype == GGMLQuantizationType.BF16:
                 byte_shape = (*t.shape[:-1], t.shape[-1] * 2)
                 writer.add_tensor_info(t.gguf_name, byte_shape, np.dtype(np.uint8), t.nbytes, raw_dtype=t.qtype)
             else:
@@ -154,6 +178,17 @@ def convert(model_dir: Path, out: Path, outtype: str = "f16", *, force: bool = F
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()
             for i, t in enumerate(plan):
+                if t.packed:
+                    if packed is None:
+                        raise BelleError(f"{t.gguf_name}: {t.qtype.name} needs a quantizer")
+                    data = arch.transform(t.kind, packed(t), cfg)  # row rearrangements work on byte rows
+                    if data.shape != tuple(gguf.quants.quant_shape_to_byte_shape(t.shape, t.qtype)):
+                        raise BelleError(f"{t.gguf_name}: quantizer gave {data.shape} bytes for {t.shape} {t.qtype.name}")
+                    writer.write_tensor_data(np.ascontiguousarray(data, dtype=np.uint8))
+                    del data
+                    if progress:
+                        progress(i + 1, len(plan), t.gguf_name)
+                    continue
                 data = arch.transform(t.kind, ckpt.tensor(t.hf_name), cfg)
                 writer.write_tensor_data(_encode(data, t.qtype))
                 del data

@@ -63,6 +63,17 @@ GRIDS: dict[T, Grid] = {g.qtype: g for g in (
 )}
 
 
+_MAGIC = 12582912.0  # 1.5 * 2**23: adding and subtracting it leaves x rounded to an integer
+
+
+def rint(x: torch.Tensor) -> torch.Tensor:
+    """Round half to even, as torch.round, but through two additions: torch's CPU rounding kernels
+    (round, trunc, floor) ran ~200x slower than an addition on the 2-core test machine (1.8-7.9 ms
+    against 0.025 ms per call on 8k floats, measured), which made the scale searches dominate.
+    Exact for |x| < 2**22; callers clamp to code ranges far below that."""
+    return (x.clamp(-4e6, 4e6) + _MAGIC) - _MAGIC
+
+
 def fp16(x: torch.Tensor) -> torch.Tensor:
     """Round to the nearest fp16 value, kept as float32 (what the file stores, widened back)."""
     return x.to(torch.float16).to(torch.float32)
@@ -71,7 +82,7 @@ def fp16(x: torch.Tensor) -> torch.Tensor:
 def round_codes(x: torch.Tensor, s: torch.Tensor, o: torch.Tensor | None, grid: Grid) -> torch.Tensor:
     """Nearest code of x on the grid (s, o broadcast against x); a zero scale gives the zero code."""
     y = x - o if o is not None else x
-    q = torch.where(s == 0, torch.zeros_like(y), torch.round(y / torch.where(s == 0, torch.ones_like(s), s)))
+    q = torch.where(s == 0, torch.zeros_like(y), rint(y / torch.where(s == 0, torch.ones_like(s), s)))
     return torch.clamp(q + grid.zero, grid.cmin, grid.cmax)
 
 
@@ -95,12 +106,12 @@ def _search_sym(x: torch.Tensor, w: torch.Tensor, nmax: int, lo: int, hi: int, t
     safe_mx = torch.where(mx == 0, torch.ones_like(mx), mx)
     for k in range(-9, 10):
         iscale = -(nmax + 0.1 * k) / safe_mx
-        L = torch.clamp(torch.round(iscale * x), lo, hi)
+        L = torch.clamp(rint(iscale * x), lo, hi)
         suml2 = (w * L * L).sum(-1, keepdim=True)
         sumlx = (w * L * x).sum(-1, keepdim=True)
         for s in (1 / iscale, sumlx / torch.where(suml2 == 0, torch.ones_like(suml2), suml2)):
             s = to_stored(s)
-            L2 = torch.clamp(torch.round(x / torch.where(s == 0, torch.ones_like(s), s)), lo, hi)
+            L2 = torch.clamp(rint(x / torch.where(s == 0, torch.ones_like(s), s)), lo, hi)
             err = (w * (x - s * L2) ** 2).sum(-1, keepdim=True)
             better = err < best_err
             best_err = torch.where(better, err, best_err)
@@ -127,7 +138,7 @@ def _search_asym(x: torch.Tensor, w: torch.Tensor, nmax: int, to_stored, min_le_
     sw = w.sum(-1, keepdim=True).expand_as(mn)
     for k in range(-9, 10):
         iscale = (nmax + 0.1 * k) / safe_rng
-        L = torch.clamp(torch.round(iscale * (x - mn)), 0, nmax)
+        L = torch.clamp(rint(iscale * (x - mn)), 0, nmax)
         swl = (w * L).sum(-1, keepdim=True)
         swl2 = (w * L * L).sum(-1, keepdim=True)
         swx = (w * x).sum(-1, keepdim=True)
@@ -143,7 +154,7 @@ def _search_asym(x: torch.Tensor, w: torch.Tensor, nmax: int, to_stored, min_le_
             o_ls = torch.where(pos, torch.zeros_like(o_ls), o_ls)
         for s, o in ((1 / iscale, mn), (s_ls, o_ls)):
             s, o = to_stored(torch.clamp(s, min=0)), to_stored(o)
-            L2 = torch.clamp(torch.round((x - o) / torch.where(s == 0, torch.ones_like(s), s)), 0, nmax)
+            L2 = torch.clamp(rint((x - o) / torch.where(s == 0, torch.ones_like(s), s)), 0, nmax)
             err = (w * (x - s * L2 - o) ** 2).sum(-1, keepdim=True)
             better = err < best_err
             best_err = torch.where(better, err, best_err)
@@ -165,7 +176,7 @@ def _quantize_scales(v: torch.Tensor, sw: torch.Tensor, lo: int, hi: int, signed
         d = _search_sym(v, sw, -lo, lo, hi, fp16)
     else:
         d, _ = _search_nonneg(v, sw, hi)
-    L = torch.clamp(torch.round(v / torch.where(d == 0, torch.ones_like(d), d).unsqueeze(-1)), lo, hi)
+    L = torch.clamp(rint(v / torch.where(d == 0, torch.ones_like(d), d).unsqueeze(-1)), lo, hi)
     return d, torch.where(d.unsqueeze(-1) == 0, torch.zeros_like(L), L)
 
 
@@ -177,12 +188,12 @@ def _search_nonneg(v: torch.Tensor, sw: torch.Tensor, nmax: int):
     best_err = (sw * v * v).sum(-1, keepdim=True)
     for k in range(-9, 10):
         iscale = (nmax + 0.1 * k) / safe
-        L = torch.clamp(torch.round(iscale * v), 0, nmax)
+        L = torch.clamp(rint(iscale * v), 0, nmax)
         suml2 = (sw * L * L).sum(-1, keepdim=True)
         sumlv = (sw * L * v).sum(-1, keepdim=True)
         for d in (1 / iscale, sumlv / torch.where(suml2 == 0, torch.ones_like(suml2), suml2)):
             d = fp16(torch.clamp(d, min=0))
-            L2 = torch.clamp(torch.round(v / torch.where(d == 0, torch.ones_like(d), d)), 0, nmax)
+            L2 = torch.clamp(rint(v / torch.where(d == 0, torch.ones_like(d), d)), 0, nmax)
             err = (sw * (v - d * L2) ** 2).sum(-1, keepdim=True)
             better = err < best_err
             best_err = torch.where(better, err, best_err)
