@@ -145,4 +145,30 @@ def build_bloom(assets: Path, out: Path) -> Path:
     return out
 
 
-BUILDERS = {"llama-bpe": build_llama_bpe, "llama-wide": build_llama_wide, "llama-spm": build_llama_spm, "qwen2": build_qwen2, "bloom": build_bloom}
+def build_qwen2_wide(assets: Path, out: Path) -> Path:
+    """Qwen2 (q/k/v biases, tied embeddings) with rows of 256: K-quants apply (GPTQ tests)."""
+    from transformers import Qwen2Config
+
+    tok = train_bpe(corpus_lines(assets), "qwen2", 512, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    config = Qwen2Config(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=0, eos_token_id=2)
+    _save_model(config, out, 5)
+    _save_fast_tokenizer(tok, out, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    return out
+
+
+def build_bloom_wide(assets: Path, out: Path) -> Path:
+    """BLOOM (fused QKV, biases, ALiBi) with rows of 256 and 1024 (GPTQ tests)."""
+    from transformers import BloomConfig
+
+    tok = train_bpe(corpus_lines(assets), "bloom", 512, ["<unk>", "<s>", "</s>", "<pad>"])
+    config = BloomConfig(vocab_size=512, hidden_size=256, n_layer=2, n_head=4, layer_norm_epsilon=1e-5,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    _save_model(config, out, 6)
+    _save_fast_tokenizer(tok, out, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
+    return out
+
+
+BUILDERS = {"llama-bpe": build_llama_bpe, "llama-wide": build_llama_wide, "llama-spm": build_llama_spm,
+            "qwen2": build_qwen2, "bloom": build_bloom, "qwen2-wide": build_qwen2_wide, "bloom-wide": build_bloom_wide}
