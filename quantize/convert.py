@@ -128,12 +128,15 @@ def _encode_half(x: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
 def convert(model_dir: Path, out: Path, outtype: str = "f16", *, force: bool = False,
             chat_template: str | None = None, pre: str | None = None, progress: Progress | None = None,
             types: dict[str, GGMLQuantizationType] | None = None, packed: PackedSource | None = None,
-            file_type=None, extra_kv: Callable[[GGUFWriter], None] | None = None) -> Path:
+            file_type=None, extra_kv: Callable[[GGUFWriter], None] | None = None,
+            checkpoint: Callable[[Path], HFCheckpoint] | None = None) -> Path:
     """Convert a Hugging Face model directory to a GGUF file; returns the output path.
 
     A quantizer (gptq_run) reuses the whole converter: `types` maps GGUF tensor names to block
     types, `packed` returns those tensors' bytes, `file_type` / `extra_kv` fill the metadata, so a
     quantized file has exactly the vocabulary, template and hyperparameters of a converted one.
+    `checkpoint` opens the directory in place of HFCheckpoint: gptq_import passes a view of a GPTQ
+    checkpoint whose quantized linears appear as plain `.weight` tensors.
     """
     model_dir, out = Path(model_dir), Path(out)
     if outtype not in OUTTYPES:
@@ -141,7 +144,7 @@ def convert(model_dir: Path, out: Path, outtype: str = "f16", *, force: bool = F
     check_output_path(out, force)
     if not model_dir.is_dir():
         raise ModelFileError(f"{model_dir}: not a directory")
-    with HFCheckpoint(model_dir) as ckpt:
+    with (checkpoint or HFCheckpoint)(model_dir) as ckpt:
         cfg = ckpt.config
         arch = get_arch(cfg, str(model_dir / "config.json"))
         plan = plan_tensors(ckpt, arch, outtype)
