@@ -1,23 +1,43 @@
-"""Fidelity of llama.cpp's baselines on the default model (the closing-note table of issue 4).
+"""Quantizers side by side on the default model: llama.cpp rtn / imatrix, our GPTQ, and auto-round.
 
 Reference: the default model's F32 round trip (its GGUF -> transformers -> HF directory -> belle
-convert). Candidates: Q8_0, Q4_K_M, Q4_0, each with llama.cpp's round-to-nearest and with an
-importance matrix computed on the project's calibration text. Evaluated on the held-out text.
+convert). Candidates: each type in --types by llama.cpp's round-to-nearest, llama.cpp with an
+importance matrix, and belle's GPTQ (optionally also with act-order), imatrix and GPTQ on the same
+calibration text and the same 512-token chunks. auto-round's GGUF files are added when
+benchmarks/autoround_gguf.py has made them in the same work folder (it needs its own environment).
+Every quantization runs as its own `belle quantize` process, so its wall time and peak RSS are its
+own. Evaluated on the held-out text with llama.cpp's perplexity protocol.
 
     python benchmarks/quantize_fidelity.py [--model SmolLM2.gguf] [--work DIR] [--chunks N]
+                                            [--types Q4_0,Q4_1,Q4_K_M,Q5_K_M] [--methods rtn,imatrix,gptq]
 
-Writes DIR/fidelity.json and prints a Markdown table with sizes and times.
+Writes DIR/fidelity.json and prints a Markdown table, then the ratios the GPTQ targets are stated in.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-TYPES = ["Q8_0", "Q4_K_M", "Q4_0"]
+TYPES = "Q4_0,Q4_1,Q4_K_M,Q5_K_M"
+METHODS = "rtn,imatrix,gptq"
+
+
+def run_measured(cmd: list[str]) -> tuple[float, float]:
+    """Run a command; (wall seconds, peak RSS MiB) of that process alone (wait4's rusage)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"failed: {' '.join(cmd)}")
+    return seconds, usage.ru_maxrss / 1024
 
 
 def main() -> None:
@@ -25,64 +45,84 @@ def main() -> None:
     ap.add_argument("--model", type=Path, help="the default model GGUF (default: belle's catalog copy)")
     ap.add_argument("--work", type=Path, default=Path("bench-results/quantize"))
     ap.add_argument("--chunks", type=int, help="evaluate at most N chunks of the held-out text")
+    ap.add_argument("--types", default=TYPES)
+    ap.add_argument("--methods", default=METHODS, help="any of rtn, imatrix, gptq, gptq-act")
+    ap.add_argument("--threads", type=int, help="threads for every quantizer (default: theirs)")
     args = ap.parse_args()
 
-    from belle.quantize import imatrix as imx
     from belle.quantize.convert import convert
-    from belle.quantize.fidelity import evaluate, format_table
+    from belle.quantize.fidelity import evaluate
     from belle.quantize.gguf_to_hf import gguf_to_hf_dir
-    from belle.quantize.llama_quantize import quantize
     from belle.quantize.textdata import DEFAULT_CALIBRATION, DEFAULT_EVAL, asset_path, load_text
 
     if args.model is None:
         from belle.app import models
 
         args.model = models.pull("smollm2-135m")
-    args.work.mkdir(parents=True, exist_ok=True)
-    times: dict[str, float] = {}
-
-    ref = args.work / "smollm2.f32.gguf"
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    hf, ref = work / "hf", work / "smollm2.f32.gguf"
+    if not (hf / "config.json").exists():
+        gguf_to_hf_dir(args.model, hf)
     if not ref.exists():
-        t = time.perf_counter()
-        hf = gguf_to_hf_dir(args.model, args.work / "hf")
-        times["round trip: GGUF -> transformers -> HF dir"] = time.perf_counter() - t
-        t = time.perf_counter()
         convert(hf, ref, "f32")
-        times["belle convert (f32)"] = time.perf_counter() - t
 
+    belle = [sys.executable, "-m", "belle.app.cli", "quantize"]
+    threads = ["--threads", str(args.threads)] if args.threads else []
     cal = asset_path(DEFAULT_CALIBRATION)
-    t = time.perf_counter()
-    im = imx.compute(ref, load_text(cal), dataset=str(cal))
-    times[f"imatrix ({im.chunk_count} chunks x {im.chunk_size} tokens)"] = time.perf_counter() - t
-    imx.save_gguf(im, args.work / "smollm2.imatrix.gguf")
+    imatrix = work / "smollm2.imatrix.gguf"
+    measured: dict[str, dict] = {}  # file name -> {method, qtype, seconds, peak_rss_mib}
+    for qtype in args.types.split(","):
+        for method in args.methods.split(","):
+            out = work / f"smollm2.{qtype}.{method}.gguf"
+            if method == "rtn":
+                cmd = belle + [str(ref), "-o", str(out), "--type", qtype, "--method", "rtn"]
+            elif method == "imatrix":  # the first run computes and saves the imatrix; the time includes it
+                cmd = belle + [str(ref), "-o", str(out), "--type", qtype, "--method", "imatrix",
+                               "--calibration", str(cal)]
+                cmd += ["--imatrix", str(imatrix)] if imatrix.exists() else ["--save-imatrix", str(imatrix)]
+            else:  # gptq on the HF folder, on the same 512-token chunks of the same text
+                cmd = belle + [str(hf), "-o", str(out), "--type", qtype, "--method", "gptq", "--calibration", str(cal)]
+                cmd += ["--act-order"] if method == "gptq-act" else []
+            print(f"== {qtype} {method}", flush=True)
+            seconds, rss = run_measured(cmd + threads + ["--force"])
+            measured[out.name] = {"qtype": qtype, "method": method, "seconds": seconds, "peak_rss_mib": rss}
 
-    candidates = []
-    for qtype in TYPES:
-        for method, matrix in (("rtn", None), ("imatrix", im.means())):
-            out = args.work / f"smollm2.{qtype}.{method}.gguf"
-            result = quantize(ref, out, qtype, imatrix=matrix, force=True)
-            times[f"quantize {qtype} {method}"] = result.seconds
-            candidates.append(out)
+    autoround = work / "autoround" / "autoround.json"
+    if autoround.exists():
+        for entry in json.loads(autoround.read_text()):
+            f = Path(entry["file"])
+            if f.exists():
+                measured[f.name] = {"qtype": entry["format"].upper(), "method": f"auto-round {entry['mode']}",
+                                    "seconds": entry["seconds"], "peak_rss_mib": entry["peak_rss_mib"], "path": str(f)}
+    candidates = [Path(m.get("path", work / name)) for name, m in measured.items()]
 
     heldout = asset_path(DEFAULT_EVAL)
     report = evaluate(ref, candidates, load_text(heldout), max_chunks=args.chunks, text_name=str(heldout))
-    data = report.to_json() | {"times_s": times, "machine": f"{platform.machine()}, {platform.processor()}",
+    data = report.to_json() | {"quantizers": measured, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
                                "source_model": str(args.model)}
-    (args.work / "fidelity.json").write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    print(format_table(report))
+    (work / "fidelity.json").write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
     print()
-    print("| quant | method | size MiB | bpw | PPL | mean KLD | KLD p99 | top-1 % | quantize s | eval s |")
+    print("| quant | method | size MiB | bpw | PPL | mean KLD | KLD p99 | top-1 % | quantize s | peak RSS MiB |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     r = report.reference
-    print(f"| F32 (reference) | round trip | {r.size_bytes / 2**20:.1f} | {r.bpw:.2f} | {r.ppl:.4f} | - | - | - | - | {r.seconds:.1f} |")
+    print(f"| F32 (reference) | round trip | {r.size_bytes / 2**20:.1f} | {r.bpw:.2f} | {r.ppl:.4f} | - | - | - | - | - |")
+    kld: dict[tuple[str, str], float] = {}
     for row in report.candidates:
-        _, qtype, method, _ = row.model.split(".")
-        print(f"| {qtype} | {method} | {row.size_bytes / 2**20:.1f} | {row.bpw:.2f} | {row.ppl:.4f} | "
-              f"{row.mean_kld:.5f} | {row.kld_p99:.4f} | {row.top1_agree_pct:.2f} | "
-              f"{times[f'quantize {qtype} {method}']:.1f} | {row.seconds:.1f} |")
+        m = measured[row.model]
+        kld[(m["qtype"].upper(), m["method"])] = row.mean_kld
+        print(f"| {m['qtype']} | {m['method']} | {row.size_bytes / 2**20:.1f} | {row.bpw:.2f} | {row.ppl:.4f} | "
+              f"{row.mean_kld:.5f} | {row.kld_p99:.4f} | {row.top1_agree_pct:.2f} | {m['seconds']:.1f} | "
+              f"{m['peak_rss_mib']:.0f} |")
+    print(f"\n{report.n_chunks} chunks of {report.n_ctx} tokens, {report.n_scored} tokens scored per model")
     print()
-    for what, seconds in times.items():
-        print(f"- {what}: {seconds:.1f} s")
+    for qtype in args.types.split(","):
+        g = kld.get((qtype, "gptq"))
+        for base in ("imatrix", "rtn", "auto-round default", "auto-round tuned"):
+            b = kld.get((qtype, base))
+            if g is not None and b:
+                print(f"- {qtype}: gptq / {base} mean KLD = {g / b:.3f}")
 
 
 if __name__ == "__main__":

@@ -232,3 +232,15 @@ def fit_block(x: torch.Tensor, w: torch.Tensor, grid: Grid):
     d, sc = _quantize_scales(sub_s, sw, -128, 127, signed=True)
     s = d.unsqueeze(-1) * sc
     return {"d": d.unsqueeze(-1), "scales": sc}, s, None
+
+
+def rescaled(fields: dict, grid: Grid, factor: float):
+    """The block's fields with the (super-)block scale d times `factor` (re-rounded to fp16), and the
+    effective (s, o) that follow. One family of alternatives for the GPTQ-loss scale choice."""
+    d = fp16(fields["d"] * factor)
+    out = dict(fields, d=d)
+    if not grid.kquant:
+        return out, d, fields.get("m")
+    s = d * fields["scales"]
+    o = -(fields["dmin"] * fields["mins"]) if grid.asym else None
+    return out, s, o

@@ -20,7 +20,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .gguf_grid import GRIDS, Grid, fit_block, round_codes, values
+from .gguf_grid import GRIDS, Grid, fit_block, rescaled, round_codes, values
+
+# Alternatives to the weighted search's scale that the GPTQ-loss choice tries (see choose_by_loss)
+# Measured on a synthetic layer (correlated inputs, 256x512): 2-4% lower output error than the
+# weighted search alone for Q4_0/Q4_1/Q5_0/Q8_0, and no change for K-quants (whose 256-weight
+# super-block has eight sub-block scales that one factor moves together), so K-quants skip it.
+SCALE_FACTORS = (0.88, 0.92, 0.96, 1.0, 1.04, 1.08)
 
 
 @dataclass
@@ -48,8 +54,37 @@ class Hessian:
         self.H += x.T @ x
 
 
+def choose_by_loss(x: torch.Tensor, hinv: torch.Tensor, grid: Grid, fields: dict, factors=SCALE_FACTORS):
+    """Per row, the candidate scale whose GPTQ sweep over this block loses least.
+
+    The weighted search guesses a good scale from the weights as they are when the sweep enters the
+    block, but GPTQ then moves the later weights of the block (error feedback), so the best scale for
+    the sweep is not the best scale for the weights. Each candidate (the searched scale times a
+    factor) is run through the block's own sweep, all at once, and scored by GPTQ's own objective,
+    sum err^2 / Hinv_jj^2; rows are independent in GPTQ, so each row keeps its own winner.
+    x: [rows, block] current weights; hinv: [block, block] the block's part of the Cholesky factor.
+    """
+    cands = [rescaled(fields, grid, f) for f in factors]
+    S = torch.stack([c[1] for c in cands])  # [C, rows, groups]
+    O = torch.stack([c[2] for c in cands]) if grid.asym else None
+    Wb = x.unsqueeze(0).repeat(len(cands), 1, 1)
+    loss = torch.zeros(Wb.shape[:2], device=x.device)
+    for k in range(x.shape[1]):
+        g = k // grid.group
+        s = S[:, :, g]
+        o = O[:, :, g] if O is not None else None
+        q = values(round_codes(Wb[:, :, k], s, o, grid), s, o, grid)
+        err = (Wb[:, :, k] - q) / hinv[k, k]
+        loss += err * err
+        Wb[:, :, k + 1:] -= err.unsqueeze(-1) * hinv[k, k + 1:]
+    best = loss.argmin(0)
+    rows = torch.arange(x.shape[0], device=x.device)
+    pick = {k: torch.stack([c[0][k] for c in cands])[best, rows] for k in fields}
+    return pick, S[best, rows], (O[best, rows] if O is not None else None)
+
+
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, qtype, *, damp: float = 0.01, act_order: bool = False,
-                  lazy: int = 128) -> GPTQResult:
+                  lazy: int = 128, loss_search: bool = True) -> GPTQResult:
     """GPTQ-round W [rows, cols] onto the GGUF grid of `qtype` given the Hessian H [cols, cols]."""
     grid = GRIDS[qtype]
     W = W.detach().to(torch.float32).clone()
@@ -66,8 +101,10 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, qtype, *, damp: float = 0.01
     S = torch.empty_like(W)  # effective scale / offset of every column's group, filled as blocks are fixed
     O = torch.zeros_like(W) if grid.asym else None
 
-    def fix(b0: int, x: torch.Tensor) -> None:
+    def fix(b0: int, x: torch.Tensor, hinv: torch.Tensor | None = None) -> None:
         fields, s, o = fit_block(x, importance[b0:b0 + grid.block], grid)
+        if hinv is not None and not grid.kquant:
+            fields, s, o = choose_by_loss(x, hinv, grid, fields)
         for k, v in fields.items():
             raw.setdefault(k, [None] * (cols // grid.block))[b0 // grid.block] = v
         S[:, b0:b0 + grid.block] = s.repeat_interleave(grid.group, dim=1)
@@ -98,7 +135,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, qtype, *, damp: float = 0.01
         for i in range(i2 - i1):
             j = i1 + i
             if perm is None and j % grid.block == 0:
-                fix(j, W1[:, i:i + grid.block])
+                fix(j, W1[:, i:i + grid.block], Hinv1[i:i + grid.block, i:i + grid.block] if loss_search else None)
             w = W1[:, i]
             s = S[:, j]
             o = O[:, j] if O is not None else None

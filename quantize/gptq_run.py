@@ -285,6 +285,10 @@ def quantize_gptq(model: Path, out: Path, settings: GPTQSettings, calib: Path, *
                 os.replace(tmp_hf, model_dir)
                 tmp_hf = None
         report = _run(model_dir, out, work, settings, calib, force=force, progress=progress)
+    except BelleError:
+        if not any(work.glob("*.npz")):  # failed before any work worth keeping: leave nothing behind
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     finally:
         if tmp_hf is not None:
             shutil.rmtree(tmp_hf, ignore_errors=True)

@@ -228,3 +228,42 @@ def test_interrupted_run_resumes_to_the_same_file(tiny_model, tmp_path):
         quantize_gptq(src, tmp_path / "other.gguf", settings, CALIB, progress=stop_after_first_block)
     other = GPTQSettings("Q4_0", samples=4, seqlen=64, damp=0.05)
     assert quantize_gptq(src, tmp_path / "other.gguf", other, CALIB).resumed_blocks == 0
+
+
+# --- bad input: one line, exit 1, nothing left behind ------------------------------------------
+
+def _cli_error(capsys, *argv) -> str:
+    from belle.app.cli import main
+
+    capsys.readouterr()
+    assert main(list(argv)) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("belle: error: ") and "\n" not in err, err
+    return err
+
+
+def test_gptq_bad_input(tiny_model, default_model_path, tmp_path, capsys):
+    import json
+    import shutil
+
+    src = tiny_model("llama-wide")
+    out = tmp_path / "o.gguf"
+    base = ["quantize", str(src), "-o", str(out), "--method", "gptq"]
+    err = _cli_error(capsys, *base, "--type", "Q3_K_M")  # a llama.cpp recipe GPTQ has no grid for
+    assert "Q3_K_M" in err and "choose one of" in err
+    err = _cli_error(capsys, *base, "--type", "Q4_0", "--chunks", "500", "--ctx", "128")
+    assert "default.txt" in err and "fewer than the 500 asked for" in err
+    err = _cli_error(capsys, "quantize", str(default_model_path), "-o", str(out), "--method", "gptq", "--type", "Q4_0")
+    assert "already quantized (Q4_1" in err and default_model_path.name in err
+    odd = tmp_path / "gpt2"
+    shutil.copytree(src, odd)
+    cfg = json.loads((odd / "config.json").read_text())
+    cfg["model_type"] = "gpt2"
+    (odd / "config.json").write_text(json.dumps(cfg))
+    err = _cli_error(capsys, "quantize", str(odd), "-o", str(out), "--method", "gptq", "--type", "Q4_0")
+    assert "model_type 'gpt2' is not supported" in err
+    empty = tmp_path / "empty.txt"
+    empty.write_text("too short", encoding="utf-8")
+    err = _cli_error(capsys, *base, "--type", "Q4_0", "--calib", str(empty))
+    assert "empty.txt" in err and "shorter than one sample" in err
+    assert not out.exists() and not list(tmp_path.glob("o.gguf*"))  # no output, no .part, no work folder
