@@ -2,7 +2,7 @@
 
 Reference: the default model's F32 round trip (its GGUF -> transformers -> HF directory -> belle
 convert). Candidates: each type in --types by llama.cpp's round-to-nearest, llama.cpp with an
-importance matrix, and belle's GPTQ (optionally also with act-order), imatrix and GPTQ on the same
+importance matrix, and belle's GPTQ (act-order; optionally also in natural order), imatrix and GPTQ on the same
 calibration text and the same 512-token chunks. auto-round's GGUF files are added when
 benchmarks/autoround_gguf.py has made them in the same work folder (it needs its own environment).
 Every quantization runs as its own `belle quantize` process, so its wall time and peak RSS are its
@@ -46,8 +46,12 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("bench-results/quantize"))
     ap.add_argument("--chunks", type=int, help="evaluate at most N chunks of the held-out text")
     ap.add_argument("--types", default=TYPES)
-    ap.add_argument("--methods", default=METHODS, help="any of rtn, imatrix, gptq, gptq-act")
-    ap.add_argument("--threads", type=int, help="threads for every quantizer (default: theirs)")
+    ap.add_argument("--methods", default=METHODS, help="any of rtn, imatrix, gptq (act-order, the default), gptq-natural")
+    ap.add_argument("--threads", type=int, help="threads for llama.cpp's quantizer (default: all)")
+    ap.add_argument("--gptq-threads", type=int, default=1,
+                    help="torch threads for GPTQ (default 1: on the shared 2-core machine two OpenMP threads "
+                         "ran small matmuls up to 40x slower than one)")
+    ap.add_argument("--redo", action="store_true", help="quantize again even where a file and its figures exist")
     args = ap.parse_args()
 
     from belle.quantize.convert import convert
@@ -69,6 +73,7 @@ def main() -> None:
 
     belle = [sys.executable, "-m", "belle.app.cli", "quantize"]
     threads = ["--threads", str(args.threads)] if args.threads else []
+    gptq_threads = ["--threads", str(args.gptq_threads)]
     cal = asset_path(DEFAULT_CALIBRATION)
     imatrix = work / "smollm2.imatrix.gguf"
     measured: dict[str, dict] = {}  # file name -> {method, qtype, seconds, peak_rss_mib}
@@ -83,10 +88,15 @@ def main() -> None:
                 cmd += ["--imatrix", str(imatrix)] if imatrix.exists() else ["--save-imatrix", str(imatrix)]
             else:  # gptq on the HF folder, on the same 512-token chunks of the same text
                 cmd = belle + [str(hf), "-o", str(out), "--type", qtype, "--method", "gptq", "--calibration", str(cal)]
-                cmd += ["--act-order"] if method == "gptq-act" else []
+                cmd += ["--no-act-order"] if method == "gptq-natural" else []
+            figures = out.with_name(out.name + ".json")  # kept beside the file, so a rerun can skip it
+            if out.exists() and figures.exists() and not args.redo:
+                measured[out.name] = json.loads(figures.read_text())
+                continue
             print(f"== {qtype} {method}", flush=True)
-            seconds, rss = run_measured(cmd + threads + ["--force"])
+            seconds, rss = run_measured(cmd + (gptq_threads if method.startswith("gptq") else threads) + ["--force"])
             measured[out.name] = {"qtype": qtype, "method": method, "seconds": seconds, "peak_rss_mib": rss}
+            figures.write_text(json.dumps(measured[out.name]))
 
     autoround = work / "autoround" / "autoround.json"
     if autoround.exists():

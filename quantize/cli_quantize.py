@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from .constants import PPL_CHUNK, QUANT_METHODS, QUANT_TYPES
@@ -33,8 +34,9 @@ def add_parser(subparsers) -> None:
     g = p.add_argument_group("gptq")
     g.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where GPTQ runs (default cpu)")
     g.add_argument("--damp", type=float, default=0.01, help="damping, as a fraction of mean diag(H) (default 0.01)")
-    g.add_argument("--act-order", action="store_true",
-                   help="sweep columns by descending diag(H); all block scales are then fixed before the sweep")
+    g.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=True,
+                   help="sweep columns by descending diag(H), all block scales fixed before the sweep (default); "
+                        "--no-act-order sweeps in file order, fixing each block's scales as the sweep enters it")
     g.add_argument("--output-tensor-type", metavar="TYPE", help="type of output.weight instead of the recipe's")
     g.add_argument("--token-embedding-type", metavar="TYPE", help="type of token_embd.weight instead of the recipe's")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
@@ -56,7 +58,7 @@ def run(args) -> int:
     if args.input.is_dir():
         raise BelleError(f"{args.input}: --method {args.method} needs a GGUF (run `belle convert` first, "
                          "or use --method gptq, which reads Hugging Face folders)")
-    for flag in ("act_order", "output_tensor_type", "token_embedding_type"):
+    for flag in ("output_tensor_type", "token_embedding_type"):
         if getattr(args, flag):
             raise BelleError(f"--{flag.replace('_', '-')} is a --method gptq option")
     return _run_llama(args)

