@@ -101,9 +101,10 @@ def main() -> None:
     autoround = work / "autoround" / "autoround.json"
     if autoround.exists():
         for entry in json.loads(autoround.read_text()):
-            f = Path(entry["file"])
+            f = autoround.parent / entry["file"]  # names are relative to autoround.json's folder
             if f.exists():
-                measured[f.name] = {"qtype": entry["format"].upper(), "method": f"auto-round {entry['mode']}",
+                qtype = entry["format"].removeprefix("gguf:").upper()  # "gguf:q4_k_m" -> "Q4_K_M"
+                measured[f.name] = {"qtype": qtype, "method": f"auto-round {entry['mode']}",
                                     "seconds": entry["seconds"], "peak_rss_mib": entry["peak_rss_mib"], "path": str(f)}
     candidates = [Path(m.get("path", work / name)) for name, m in measured.items()]
 
