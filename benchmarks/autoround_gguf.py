@@ -20,9 +20,10 @@ Modes (auto-round's CLI, `auto-round --format gguf:<fmt> ...`):
   tuned    --iters 50 --lr 5e-3 --enable_alg_ext: sign-gradient tuning (SignRound) of each block
            against the unquantized block's output, with the algorithm extension that auto-round's
            warning names as the better-accuracy route for GGUF, on the iteration budget of
-           auto-round's "light" recipe (auto-round-light: 50 iterations, lr 5e-3). On 2 CPU cores
-           (no AVX2, no bf16) one iteration of one SmolLM2 block at batch 8 x 256 tokens takes ~5 s,
-           so the 200-iteration default would take hours per file.
+           auto-round's "light" recipe (auto-round-light: 50 iterations, lr 5e-3). It costs far more
+           than the default mode on CPU: on 2 shared cores without AVX2 or bf16, one SmolLM2 block
+           (of 30) took 200-300 s at --batch-size 1-2, 50 iterations, 256 tokens, i.e. 2-2.5 h a
+           file, against ~40 min for the default mode; the 200-iteration default would take ~4x that.
   tuned-full --iters 200 --enable_alg_ext, and signround --iters 200 (the plain SignRound that
            auto-round runs when nothing is said): only when asked for in --modes.
 
@@ -32,6 +33,11 @@ the project's torch (torch==2.13.*, installed first and then held as a constrain
 scripts/setup.sh does: anything torch 2.13 does not satisfy makes pip fetch the multi-GB CUDA
 build). Each quantization runs as a child process in that venv, so its wall time and peak RSS are
 its own (os.wait4). The load check runs in the project venv, whose llama.cpp is the one belle ships.
+
+SmolLM2's width, 576, is a multiple of 32 but not of 256, so like llama.cpp auto-round cannot put
+K-quants on tensors whose rows are 576 long: gguf:q4_k_m falls back to Q5_0 (Q8_0 where the mix
+asks for Q6_K: attn_v in some layers, token_embd) and keeps K-quants only on ffn_down (rows of
+1536), which makes its q4_k_m file mostly Q5_0. gguf:q4_0 is Q4_0 throughout, token_embd Q8_0.
 
 Calibration: auto-round takes a local JSON list of {"text": ...}; it tokenizes each record, drops
 records shorter than seqlen tokens and truncates the rest to seqlen. The project's calibration text
