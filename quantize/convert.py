@@ -59,6 +59,15 @@ def check_output_path(out: Path, force: bool) -> None:
         raise BelleError(f"{out.parent}: output directory does not exist")
 
 
+def check_inputs(model_dir: Path, out: Path, outtype: str, force: bool) -> None:
+    """What every converter entry point checks before reading anything."""
+    if outtype not in OUTTYPES:
+        raise BelleError(f"--outtype {outtype!r}: choose one of {', '.join(OUTTYPES)}")
+    check_output_path(out, force)
+    if not model_dir.is_dir():
+        raise ModelFileError(f"{model_dir}: not a directory")
+
+
 def plan_tensors(ckpt: HFCheckpoint, arch: Arch, outtype: str) -> list[PlannedTensor]:
     cfg = ckpt.config
     n_blocks = need(cfg, "num_hidden_layers", "n_layer")
@@ -139,11 +148,7 @@ def convert(model_dir: Path, out: Path, outtype: str = "f16", *, force: bool = F
     checkpoint whose quantized linears appear as plain `.weight` tensors.
     """
     model_dir, out = Path(model_dir), Path(out)
-    if outtype not in OUTTYPES:
-        raise BelleError(f"--outtype {outtype!r}: choose one of {', '.join(OUTTYPES)}")
-    check_output_path(out, force)
-    if not model_dir.is_dir():
-        raise ModelFileError(f"{model_dir}: not a directory")
+    check_inputs(model_dir, out, outtype, force)
     with (checkpoint or HFCheckpoint)(model_dir) as ckpt:
         cfg = ckpt.config
         arch = get_arch(cfg, str(model_dir / "config.json"))

@@ -53,7 +53,7 @@ from typing import Callable
 
 import numpy as np
 
-from belle.app.errors import BelleError, ModelFileError
+from belle.app.errors import ModelFileError
 
 from .hf_reader import HFCheckpoint, TensorEntry, load_config
 
@@ -532,17 +532,12 @@ def import_gptq(model_dir: Path, out: Path, outtype: str = "f16", *, force: bool
     the converter's writing pass.
     """
     from .arch import get_arch, need
-    from .constants import OUTTYPES
-    from .convert import check_output_path, convert, plan_tensors
+    from .convert import check_inputs, convert, plan_tensors
     from .ggml_pack import pack
     from .vocab import read_vocab, resolve_chat_template
 
     model_dir, out = Path(model_dir), Path(out)
-    if outtype not in OUTTYPES:
-        raise BelleError(f"--outtype {outtype!r}: choose one of {', '.join(OUTTYPES)}")
-    check_output_path(out, force)
-    if not model_dir.is_dir():
-        raise ModelFileError(f"{model_dir}: not a directory")
+    check_inputs(model_dir, out, outtype, force)
     qcfg = read_gptq_config(model_dir)
     if qcfg is None:
         raise ModelFileError(f"{model_dir}: not a GPTQ checkpoint (no quantization_config with quant_method "

@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -319,7 +318,7 @@ def _run(model_dir: Path, out: Path, work: Path, st: GPTQSettings, calib: Path, 
     import torch
     from gguf import GGMLQuantizationType
 
-    from .arch import BLOCK_RE, get_arch, need
+    from .arch import get_arch, need
     from .convert import convert, plan_tensors
     from .ggml_pack import dequantize, pack
     from .gptq import Hessian, gptq_quantize, rtn_quantize
@@ -470,8 +469,7 @@ def _run(model_dir: Path, out: Path, work: Path, st: GPTQSettings, calib: Path, 
         if missing:
             raise BelleError(f"GPTQ did not produce {', '.join(missing[:3])} (unsupported layout for this architecture)")
 
-    cal_hash = key_hash = file_sha256(calib)
-    del key_hash
+    cal_hash = file_sha256(calib)
 
     def extra(writer) -> None:
         writer.add_string("quantize.method", "gptq")
