@@ -5,10 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .constants import PPL_CHUNK, QUANT_METHODS, QUANT_TYPES
-
-# the --type names GPTQ accepts (recipes.GPTQ_TYPES, repeated here so `belle --help` needs no gguf)
-GPTQ_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "Q4_K_S", "Q4_K_M", "Q5_K_M")
+from .constants import GPTQ_TYPES, PPL_CHUNK, QUANT_METHODS, QUANT_TYPES
 
 
 def add_parser(subparsers) -> None:

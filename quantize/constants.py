@@ -51,6 +51,11 @@ def quant_ftype(qtype: str) -> int:
     return int(LlamaFileType[QUANT_TYPES[qtype]])
 QUANT_METHODS = ("rtn", "imatrix")
 
+# --type names our GPTQ quantizer accepts: the block types it has grids for and llama.cpp's recipes
+# built only from them (recipes.py gives each tensor its type)
+GPTQ_TYPES: tuple[str, ...] = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K",
+                               "Q4_K_S", "Q4_K_M", "Q5_K_M")
+
 # --- tokenizer pre-tokenizers ------------------------------------------------------------------
 # llama.cpp picks its pre-tokenizer regexes from `tokenizer.ggml.pre`. convert_hf_to_gguf.py finds
 # the name by hashing the tokenization of a fixed text, which only works for tokenizers it has seen;

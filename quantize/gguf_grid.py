@@ -175,7 +175,7 @@ def _quantize_scales(v: torch.Tensor, sw: torch.Tensor, lo: int, hi: int, signed
     if signed:
         d = _search_sym(v, sw, -lo, lo, hi, fp16)
     else:
-        d, _ = _search_nonneg(v, sw, hi)
+        d = _search_nonneg(v, sw, hi)
     L = torch.clamp(rint(v / torch.where(d == 0, torch.ones_like(d), d).unsqueeze(-1)), lo, hi)
     return d, torch.where(d.unsqueeze(-1) == 0, torch.zeros_like(L), L)
 
@@ -198,7 +198,7 @@ def _search_nonneg(v: torch.Tensor, sw: torch.Tensor, nmax: int):
             better = err < best_err
             best_err = torch.where(better, err, best_err)
             best_d = torch.where(better, d, best_d)
-    return torch.where(mx == 0, torch.zeros_like(best_d), best_d).squeeze(-1), None
+    return torch.where(mx == 0, torch.zeros_like(best_d), best_d).squeeze(-1)
 
 
 def fit_block(x: torch.Tensor, w: torch.Tensor, grid: Grid):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .gguf_grid import GRIDS, Grid, fit_block, rescaled, round_codes, values
@@ -35,6 +36,18 @@ class GPTQResult:
     raw: dict[str, torch.Tensor]  # stored scale fields (ggml_pack.BlockCodes names), [rows, k]
     weight: torch.Tensor  # [rows, cols] float32: the weights the file decodes to
     loss: float  # sum over columns of err^2 / Hinv_jj^2 (GPTQ's own objective, for logs)
+
+    def block_codes(self, qtype):
+        """The result as ggml_pack.BlockCodes (numpy, the dtypes the packer checks)."""
+        from .ggml_pack import BlockCodes, check
+
+        dtypes = {"d": np.float16, "m": np.float16, "dmin": np.float16, "mins": np.uint8,
+                  "scales": np.uint8 if "mins" in self.raw else np.int8}  # Q6_K's scales are signed
+        fields = {k: v.cpu().numpy().astype(dtypes[k]) for k, v in self.raw.items()}
+        codes = self.codes.cpu().numpy()
+        bc = BlockCodes(qtype=qtype, codes=codes.astype(np.int16 if codes.min() < 0 else np.uint8), **fields)
+        check(bc)
+        return bc
 
 
 class Hessian:

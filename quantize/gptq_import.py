@@ -492,14 +492,13 @@ def import_tensor(t: GPTQTensor, bits: int, name: str, outtype: str):
 
     from .ggml_pack import dequantize
     from .gptq import rtn_quantize
-    from .gptq_run import _to_block_codes
 
     ref = t.dequantize()
     bc = exact_block_codes(t, bits)
     mode = "exact"
     if bc is None and ref.shape[1] % BLOCK == 0:
         qtype = requant_type(t, bits)
-        bc = _to_block_codes(rtn_quantize(torch.from_numpy(ref), qtype), qtype)
+        bc = rtn_quantize(torch.from_numpy(ref), qtype).block_codes(qtype)
         mode = "requantized"
     if bc is None:
         return None, _measure(name, "float", outtype.upper(), _float_roundtrip(ref, outtype), ref)

@@ -142,10 +142,6 @@ def calibration_samples(model_dir: Path, calib: Path, samples: int | None, seqle
 
 # --- the model, one part at a time --------------------------------------------------------------
 
-def _get(model, path: str):
-    return model.get_submodule(path)
-
-
 def _skeleton(model_dir: Path, device):
     """The model on the meta device (no memory), with the rotary tables built for real."""
     import torch
@@ -161,7 +157,7 @@ def _skeleton(model_dir: Path, device):
             with torch.device("cpu"):
                 new = type(mod)(config=model.config).to(device)
             parent, _, child = name.rpartition(".")
-            setattr(_get(model, parent) if parent else model, child, new)
+            setattr(model.get_submodule(parent) if parent else model, child, new)
     return model
 
 
@@ -223,25 +219,6 @@ def _load_codes(path: Path) -> dict:
     return {n: BlockCodes(qtype=GGMLQuantizationType(int(v.pop("qtype"))), **v) for n, v in out.items()}
 
 
-def _to_block_codes(res, qtype):
-    from .ggml_pack import BlockCodes, check
-
-    codes = res.codes.cpu().numpy()
-    raw = {k: v.cpu().numpy() for k, v in res.raw.items()}
-    fields = {"d": raw["d"].astype(np.float16)}
-    if "m" in raw:
-        fields["m"] = raw["m"].astype(np.float16)
-    if "dmin" in raw:
-        fields["dmin"] = raw["dmin"].astype(np.float16)
-    if "scales" in raw:
-        fields["scales"] = raw["scales"].astype(np.int8 if "mins" not in raw else np.uint8)
-    if "mins" in raw:
-        fields["mins"] = raw["mins"].astype(np.uint8)
-    bc = BlockCodes(qtype=qtype, codes=codes.astype(np.int16 if codes.min() < 0 else np.uint8), **fields)
-    check(bc)
-    return bc
-
-
 # --- the run ----------------------------------------------------------------------------------
 
 def quantize_gptq(model: Path, out: Path, settings: GPTQSettings, calib: Path, *, force: bool = False,
@@ -249,7 +226,7 @@ def quantize_gptq(model: Path, out: Path, settings: GPTQSettings, calib: Path, *
     """GPTQ-quantize `model` (HF folder or float GGUF) into the GGUF `out` with llama.cpp's recipe types."""
     import torch
 
-    from .recipes import GPTQ_TYPES
+    from .constants import GPTQ_TYPES
 
     model, out, calib = Path(model), Path(out), Path(calib)
     if settings.recipe not in GPTQ_TYPES:
@@ -283,7 +260,7 @@ def quantize_gptq(model: Path, out: Path, settings: GPTQSettings, calib: Path, *
                 gguf_to_hf_dir(model, tmp_hf)
                 os.replace(tmp_hf, model_dir)
                 tmp_hf = None
-        report = _run(model_dir, out, work, settings, calib, force=force, progress=progress)
+        report = _run(model_dir, out, work, settings, calib, key["calibration"], force=force, progress=progress)
     except BelleError:
         if not any(work.glob("*.npz")):  # failed before any work worth keeping: leave nothing behind
             shutil.rmtree(work, ignore_errors=True)
@@ -313,7 +290,7 @@ def _open_work(work: Path, key: dict) -> Path:
     return work
 
 
-def _run(model_dir: Path, out: Path, work: Path, st: GPTQSettings, calib: Path, *, force: bool,
+def _run(model_dir: Path, out: Path, work: Path, st: GPTQSettings, calib: Path, cal_hash: str, *, force: bool,
          progress: Progress | None) -> GPTQReport:
     import torch
     from gguf import GGMLQuantizationType
@@ -355,8 +332,8 @@ def _run(model_dir: Path, out: Path, work: Path, st: GPTQSettings, calib: Path, 
 
         # 1. embeddings (round to nearest on the grid: a lookup has no Hessian)
         for path in layout["embed"]:
-            weights.load(_get(model, path), path, device)
-        embed = _get(model, layout["embed"][0])
+            weights.load(model.get_submodule(path), path, device)
+        embed = model.get_submodule(layout["embed"][0])
         emb_file = work / "embed.npz"
         t_emb, q_emb = qtype_of(f"{layout['embed'][0]}.weight")
         if q_emb not in float_types:
@@ -364,12 +341,12 @@ def _run(model_dir: Path, out: Path, work: Path, st: GPTQSettings, calib: Path, 
                 done.update(_load_codes(emb_file))
             else:
                 res = rtn_quantize(embed.weight.data, q_emb)
-                done[t_emb.hf_name] = _to_block_codes(res, q_emb)
+                done[t_emb.hf_name] = res.block_codes(q_emb)
                 _save_codes(emb_file, {t_emb.hf_name: done[t_emb.hf_name]})
             set_weight(embed, done[t_emb.hf_name])
 
         # 2. inputs of block 0, captured by stopping there
-        layers = _get(model, layout["layers"])
+        layers = model.get_submodule(layout["layers"])
         captured: list = []
 
         def catch(_mod, args, kwargs):
@@ -428,7 +405,7 @@ def _run(model_dir: Path, out: Path, work: Path, st: GPTQSettings, calib: Path, 
                         if qt in float_types:
                             continue
                         res = gptq_quantize(lin.weight.data, hess[n].H, qt, damp=st.damp, act_order=st.act_order)
-                        bc = _to_block_codes(res, qt)
+                        bc = res.block_codes(qt)
                         results[t.hf_name] = bc
                         losses[t.gguf_name] = res.loss
                         set_weight(lin, bc)
@@ -450,7 +427,7 @@ def _run(model_dir: Path, out: Path, work: Path, st: GPTQSettings, calib: Path, 
                 done.update(_load_codes(head_file))
             else:
                 qt = types[t_out.gguf_name]
-                norm = _get(model, layout["norm"])
+                norm = model.get_submodule(layout["norm"])
                 weights.load(norm, layout["norm"], device)
                 hess = Hessian(norm.weight.shape[0], device)
                 with torch.no_grad():
@@ -458,7 +435,7 @@ def _run(model_dir: Path, out: Path, work: Path, st: GPTQSettings, calib: Path, 
                         hess.add(norm(x.to(device)))
                 W = torch.from_numpy(np.ascontiguousarray(ckpt.tensor(t_out.hf_name))).to(device)
                 res = gptq_quantize(W, hess.H, qt, damp=st.damp, act_order=st.act_order)
-                done[t_out.hf_name] = _to_block_codes(res, qt)
+                done[t_out.hf_name] = res.block_codes(qt)
                 losses[t_out.gguf_name] = res.loss
                 _save_codes(head_file, {t_out.hf_name: done[t_out.hf_name]})
         if progress:
@@ -469,7 +446,6 @@ def _run(model_dir: Path, out: Path, work: Path, st: GPTQSettings, calib: Path, 
         if missing:
             raise BelleError(f"GPTQ did not produce {', '.join(missing[:3])} (unsupported layout for this architecture)")
 
-    cal_hash = file_sha256(calib)
 
     def extra(writer) -> None:
         writer.add_string("quantize.method", "gptq")
@@ -488,7 +464,7 @@ def _run(model_dir: Path, out: Path, work: Path, st: GPTQSettings, calib: Path, 
         return pack(done[t.hf_name])
 
     qtypes = {t.gguf_name: types.get(t.gguf_name, t.qtype) for t in plan}
-    convert(model_dir, out, "f32", force=True if force or not out.exists() else False, types=qtypes,
+    convert(model_dir, out, "f32", force=force, types=qtypes,
             packed=packed, file_type=recipe_ftype(st.recipe), extra_kv=extra)
     return GPTQReport(out, 0.0, {k: v.name for k, v in qtypes.items()}, len(samples), resumed, losses)
 

@@ -38,10 +38,10 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
 from belle.app.errors import BelleError
 
+from .constants import GPTQ_TYPES
+
 T = GGMLQuantizationType
 
-GPTQ_TYPES: tuple[str, ...] = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K",
-                               "Q4_K_S", "Q4_K_M", "Q5_K_M")
 
 
 @dataclass(frozen=True)

@@ -53,13 +53,12 @@ def test_packed_bytes_decode_to_exactly_the_weights_gptq_computed_with(qtype):
 
     from belle.quantize.ggml_pack import pack
     from belle.quantize.gptq import gptq_quantize, rtn_quantize
-    from belle.quantize.gptq_run import _to_block_codes
 
     H, _ = _hessian(512, 1)
     W = torch.randn(12, 512, generator=torch.Generator().manual_seed(2)) * 0.05
     W[3, 40:72] = 0  # an all-zero block: a zero scale must still pack and decode
     for res in (gptq_quantize(W, H, qtype), gptq_quantize(W, H, qtype, act_order=True), rtn_quantize(W, qtype)):
-        packed = pack(_to_block_codes(res, qtype))
+        packed = pack(res.block_codes(qtype))
         decoded = gguf.quants.dequantize(packed, qtype)
         assert np.array_equal(_bits(decoded), _bits(res.weight.numpy())), qtype.name
 
