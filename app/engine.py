@@ -309,31 +309,28 @@ class Engine:
     # tokenization
 
     def tokenize_pieces(self, pieces: list[Piece]) -> list[int]:
-        """Scaffold text may contain special tokens (<|im_start|>, </s>); content never does.
-        Text between special tokens is tokenized in one go, as llama.cpp does for a whole prompt,
-        so a prompt without tricks gets exactly the tokens llama.cpp would give it."""
+        """Each piece is tokenized on its own: content with special-token parsing off, scaffold
+        split at its special tokens (<|im_start|>, </s>) and each stretch between them on its own.
+        This is exactly how belle's training tokenizes (training/encode.py), so a model trained here
+        sees the tokens it was trained on; separate pieces also keep a template's trailing space from
+        merging with the first word of the reply. For ordinary text, where a piece boundary is also a
+        pre-tokenizer boundary, it equals llama.cpp's tokenization of the whole prompt."""
         out: list[int] = []
-        run: list[str] = []
 
-        def flush():
-            if run:
-                text = "".join(run)
-                if text:
-                    out.extend(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
-                run.clear()
+        def text_tokens(text: str) -> None:
+            if text:
+                out.extend(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
         for piece in pieces:
             if piece.is_content or self._special_re is None:
-                run.append(piece.text)
+                text_tokens(piece.text)
                 continue
             for part in self._special_re.split(piece.text):
                 token_id = self.info.special_tokens.get(part)
                 if token_id is not None:
-                    flush()
                     out.append(token_id)
                 else:
-                    run.append(part)
-        flush()
+                    text_tokens(part)
         return out
 
     def prompt_tokens(self, messages: list[ChatMessage], prefix: str = "") -> list[int]:

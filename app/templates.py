@@ -27,6 +27,7 @@ class ChatMessage:
 class Piece:
     text: str
     is_content: bool  # True: written by a person or the model, never parsed for special tokens
+    message: int = -1  # for content: the index of the message it came from (training masks by role)
 
 
 # Private-use characters: no tokenizer or template produces them by itself.
@@ -77,7 +78,8 @@ class ChatTemplate:
         for match in _SENTINEL_RE.finditer(text):
             if match.start() > pos:
                 pieces.append(Piece(text[pos : match.start()], False))
-            pieces.append(Piece(contents[int(match.group(1))], True))
+            index = int(match.group(1))
+            pieces.append(Piece(contents[index], True, index))
             pos = match.end()
         if pos < len(text):
             pieces.append(Piece(text[pos:], False))
