@@ -35,8 +35,9 @@ def load_gguf_as_torch(gguf_path: Path, dtype: str = "float32"):
     return model, tokenizer
 
 
-def gguf_to_hf_dir(gguf_path: Path, out_dir: Path, dtype: str = "float32") -> Path:
-    """Save a GGUF model as a Hugging Face directory (config, safetensors, tokenizer)."""
+def load_gguf_for_training(gguf_path: Path, dtype: str = "float32"):
+    """(model, tokenizer) from a GGUF file, the model rebuilt from its config so that it can be
+    trained and saved like any Hugging Face model."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -47,8 +48,16 @@ def gguf_to_hf_dir(gguf_path: Path, out_dir: Path, dtype: str = "float32") -> Pa
     missing = [k for k in missing if not (k == "lm_head.weight" and loaded.config.tie_word_embeddings)]
     if missing or unexpected:
         raise ModelFileError(f"{gguf_path}: state dict mismatch (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if loaded.config.tie_word_embeddings:
+        fresh.tie_weights()
+    return fresh, tokenizer
+
+
+def gguf_to_hf_dir(gguf_path: Path, out_dir: Path, dtype: str = "float32") -> Path:
+    """Save a GGUF model as a Hugging Face directory (config, safetensors, tokenizer)."""
+    model, tokenizer = load_gguf_for_training(gguf_path, dtype)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fresh.save_pretrained(str(out_dir))
+    model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
     return out_dir
