@@ -22,6 +22,7 @@ COMMANDS = {
     "convert": "belle.quantize.cli_convert",
     "quantize": "belle.quantize.cli_quantize",
     "eval": "belle.quantize.cli_eval",
+    "train": "belle.training.cli_train",
 }
 
 
