@@ -77,6 +77,14 @@ def prepare_output(out: Path, resume: bool, force: bool, is_main: bool) -> Path 
     return None
 
 
+def _drop_torn_line(path: Path) -> None:
+    """A run killed while appending to the log may leave half a line; the resumed run appends after it."""
+    if path.is_file():
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
 class _Rows:
     """The training rows as a map-style dataset: each row is read from its file and tokenized when
     the DataLoader asks for it, so memory does not grow with the data."""
@@ -168,10 +176,6 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> TrainR
     state = PartialState()
     out = Path(cfg.output)
     checkpoint = prepare_output(out, resume, force, state.is_main_process)
-    state.wait_for_everyone()
-    if state.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        cfg.save(out)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     precision = _precision(cfg, cuda)
@@ -191,6 +195,14 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> TrainR
     train_rows, eval_rows = split_rows(rows, eval_fraction=cfg.eval_split, shuffle=cfg.shuffle, seed=cfg.seed)
     train_set = _Rows(train_rows, encoder)
     eval_set = _Rows(eval_rows, encoder) if eval_rows is not None and len(eval_rows) else None
+
+    # OUT is written only now that the model and the data have loaded: a run that fails to start
+    # leaves nothing that a second try would have to --force away
+    state.wait_for_everyone()
+    if state.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out)
+        _drop_torn_line(out / LOG_FILE)
 
     set_seed(cfg.seed)  # LoRA's initial A matrices
     if cfg.method == "lora":

@@ -125,11 +125,13 @@ def test_bad_rows_are_named_by_file_and_line(tiny_llama, tmp_path):
 def test_settings_from_yaml_flags_and_resume(tiny_llama, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(f"base: {tiny_llama}\ndata: [{OVERFIT}]\nmethod: full\nmax_steps: 2\nlr: 1.0e-3\n"
-                      f"logging_steps: 1\nthreads: 1\n", encoding="utf-8")
+                      f"logging_steps: 1\nthreads: 1\neval_split: 0.25\neval_steps: 1\n", encoding="utf-8")
     out = tmp_path / "out"
     belle("train", "--config", config, "--lr", 2e-3, "-o", out)
     saved = json.loads((out / "belle-train.json").read_text())
     assert (saved["lr"], saved["max_steps"], saved["method"]) == (2e-3, 2, "full")  # the flag wins over YAML
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "eval_loss" in r][:2] == [1, 2]  # 8 of the 32 rows held out
 
     again = belle("train", "--config", config, "-o", out, check=False)
     assert again.returncode == 1 and "--resume" in again.stderr and "--force" in again.stderr
