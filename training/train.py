@@ -22,7 +22,7 @@ from pathlib import Path
 
 from belle.app.errors import SettingsError
 
-from .config import RUN_FILE, TrainConfig
+from .config import TrainConfig
 from .data import index_files, split_rows
 from .encode import IGNORE, Encoder, default_template
 
@@ -181,6 +181,10 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> TrainR
     precision = _precision(cfg, cuda)
     load_dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(precision) if cfg.method == "lora" else None
 
+    # the data first: a bad row should stop the run before a large model has loaded
+    rows, report = index_files(cfg.data, fmt=cfg.format, on_error=cfg.on_error, dedup=cfg.dedup,
+                               progress=state.is_main_process)
+    train_rows, eval_rows = split_rows(rows, eval_fraction=cfg.eval_split, shuffle=cfg.shuffle, seed=cfg.seed)
     model, tokenizer = load_base(cfg.base, load_dtype or "float32")
     encoder = Encoder(tokenizer, cfg.template or default_template(tokenizer), cfg.max_length)
     # saved with every checkpoint and the result, so `belle convert` writes it into the GGUF
@@ -190,9 +194,6 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> TrainR
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     log.info("template %s, %s fine-tuning of %s", encoder.template_name, cfg.method, cfg.base)
 
-    rows, report = index_files(cfg.data, fmt=cfg.format, on_error=cfg.on_error, dedup=cfg.dedup,
-                               progress=state.is_main_process)
-    train_rows, eval_rows = split_rows(rows, eval_fraction=cfg.eval_split, shuffle=cfg.shuffle, seed=cfg.seed)
     train_set = _Rows(train_rows, encoder)
     eval_set = _Rows(eval_rows, encoder) if eval_rows is not None and len(eval_rows) else None
 
@@ -259,13 +260,3 @@ def train(cfg: TrainConfig, resume: bool = False, force: bool = False) -> TrainR
     return TrainResult(out, trainer.state.global_step, output.training_loss, eval_loss,
                        int(trainer.state.num_input_tokens_seen), time.monotonic() - started, len(train_rows),
                        report.summary(), len(train_set.truncated))
-
-
-def read_log(out: Path) -> list[dict]:
-    path = Path(out) / LOG_FILE
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-__all__ = ["RUN_FILE", "TrainResult", "train", "last_checkpoint", "read_log"]
