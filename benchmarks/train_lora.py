@@ -6,7 +6,8 @@ the head) on SmolLM2-135M-Instruct in float32, for
   ours: `belle train --method lora` (transformers Trainer + peft, with belle's data pipeline, log
         and progress bar), and
   bare: the least code that trains the same thing: AutoModelForCausalLM + get_peft_model, a
-        DataLoader over the same rows, forward / backward / AdamW step / zero_grad.
+        DataLoader over the same rows, forward / backward / AdamW step / zero_grad (torch's AdamW as
+        it comes, foreach; Trainer's default is the fused one).
 It prints one Markdown row per run and the ratios ours / bare (tokens/s: the target is >= 0.95).
 
     python benchmarks/train_lora.py [--steps 20] [--batch-size 4] [--max-length 256] [--threads 2]
@@ -18,8 +19,9 @@ Why it is built this way:
   split_rows(shuffle=False) + Encoder (the base's own chat template, as ours picks) and pads them with
   the collator ours uses (DataCollatorForSeq2Seq, right padding, labels padded with -100). Both count
   the non-padding input tokens (the attention mask's sum, as Trainer's include_num_input_tokens_seen
-  "non_padding" does), and the counts must be equal, or the run stops. The first step's loss must
-  match too: LoRA's B matrices start at zero, so step 1 is the base model on the same batch.
+  "non_padding" does), and the counts must be equal step by step, or the run stops. The first step's
+  losses are printed (a warning when they differ): LoRA's B matrices start at zero, so step 1 is the
+  base model on the same batch, and the two losses agree to 4 decimals.
 - Same amount of work timed. Ours: `train_runtime`, Trainer's own timer around its training loop
   (first batch to last optimizer step, data loading and collation included; model loading,
   LoRA wrapping and saving outside it). Bare: the wall time from its first batch to its last
@@ -28,6 +30,10 @@ Why it is built this way:
   a second ratio leaves out the first --skip-steps steps (warm-up: allocator, thread pools) on both.
 - A process per measured run, reaped with os.wait4: its rusage gives the peak RSS (ru_maxrss) and
   CPU time of that program alone, not of this script, and no model stays in memory between runs.
+  Peak RSS includes the freed activation memory glibc's malloc keeps (its dynamic mmap threshold),
+  which depends on each process's allocation history: 1 to 1.7 GiB here, and the cause of most of
+  any gap between the two sides. With MALLOC_MMAP_THRESHOLD_=131072 in the environment (passed to
+  both) the peaks are the real working sets and equal, but every step is ~40% slower (page faults).
   Runs alternate (bare, ours, bare, ours, ...) and the ratio is the median over rounds, because the
   machine is shared: the 1-minute load average is recorded before and after each run.
 - The model is converted once from the default GGUF to an HF folder (cached in --work), so neither
