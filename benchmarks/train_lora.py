@@ -33,7 +33,7 @@ Why it is built this way:
   Peak RSS includes the freed activation memory glibc's malloc keeps (its dynamic mmap threshold),
   which depends on each process's allocation history: 1 to 1.7 GiB here, and the cause of most of
   any gap between the two sides. With MALLOC_MMAP_THRESHOLD_=131072 in the environment (passed to
-  both) the peaks are the real working sets and equal, but every step is ~40% slower (page faults).
+  both) the peaks are the real working sets and equal, but training is 40-55% slower (page faults).
   Runs alternate (bare, ours, bare, ours, ...) and the ratio is the median over rounds, because the
   machine is shared: the 1-minute load average is recorded before and after each run.
 - The model is converted once from the default GGUF to an HF folder (cached in --work), so neither
