@@ -50,6 +50,10 @@ def load_gguf_for_training(gguf_path: Path, dtype: str = "float32"):
         raise ModelFileError(f"{gguf_path}: state dict mismatch (missing {missing[:3]}, unexpected {unexpected[:3]})")
     if loaded.config.tie_word_embeddings:
         fresh.tie_weights()
+    # the weights are plain floats now; a leftover {"quant_method": "gguf"} in config.json would make
+    # Trainer refuse to train the saved folder ("quantized ... do not support training")
+    if getattr(fresh.config, "quantization_config", None) is not None:
+        del fresh.config.quantization_config
     return fresh, tokenizer
 
 
