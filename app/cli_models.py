@@ -1,5 +1,6 @@
 """`belle models`: list, inspect, pull, import, remove and choose the default model."""
 
+import shlex
 import sys
 
 from tqdm import tqdm
@@ -7,7 +8,8 @@ from tqdm import tqdm
 from . import models
 from .catalog import load_catalog
 from .config import load_config, save_config
-from .gguf_info import estimate_ram, human_bytes, read_model_info
+from .errors import BelleError
+from .gguf_info import CARD_PREFIX, estimate_ram, human_bytes, read_model_info
 from .memory import check_fit
 
 
@@ -18,6 +20,8 @@ def add_parser(sub) -> None:
     info = msub.add_parser("info", help="read a GGUF file's metadata and estimate its RAM")
     info.add_argument("model", nargs="?", help="path, catalog id or local file name (default: the default model)")
     info.add_argument("--ctx", type=int, default=4096, help="context size for the RAM estimate")
+    info.add_argument("--recipe", action="store_true",
+                      help="print only the recipe YAML that `belle build` stored in the file")
     info.set_defaults(func=cmd_info)
     pull = msub.add_parser("pull", help="download a catalog model and verify it")
     pull.add_argument("id")
@@ -63,9 +67,36 @@ def cmd_list(args) -> int:
     return 0
 
 
+# How `belle models info` names the model card fields; a field a newer `belle build` adds is shown
+# under its own key rather than dropped.
+_CARD_LABELS = {"base": "base model", "data": "data", "template": "template", "training": "training",
+                "quantization": "quantization", "fidelity": "fidelity (vs f16)", "built": "built"}
+
+
+def _card_lines(card: dict[str, str], model: str | None) -> list[str]:
+    """The "model card:" section: one line a field, a multi-line value (the fidelity table) on its
+    own lines under its label; the recipe is many lines of YAML, so only a pointer to --recipe."""
+    lines = ["model card:"]
+    for key, value in card.items():
+        if key == "recipe":
+            continue
+        label = f"  {_CARD_LABELS.get(key, key)}:"
+        value = value.strip("\n")
+        if "\n" in value:
+            lines += [label, *(f"    {line}".rstrip() for line in value.splitlines())]
+        else:
+            lines.append(f"{label:<17} {value}")
+    if "recipe" in card:
+        command = " ".join(["belle models info", *([shlex.quote(model)] if model else []), "--recipe"])
+        lines.append(f"{'  recipe:':<17} `{command}` prints it")
+    return lines
+
+
 def cmd_info(args) -> int:
     path = models.resolve(args.model)
     info = read_model_info(path)
+    if args.recipe:
+        return _print_recipe(info)
     est = estimate_ram(info, args.ctx)
     fit = check_fit(info, args.ctx)
     types = ", ".join(f"{k} x{v}" for k, v in sorted(info.tensor_types.items(), key=lambda kv: -kv[1]))
@@ -82,6 +113,17 @@ def cmd_info(args) -> int:
     print(f"RAM at n_ctx {args.ctx}: ~{human_bytes(est.total)} (weights {human_bytes(est.weights)} + KV cache "
           f"{human_bytes(est.kv_cache)} + compute {human_bytes(est.compute)}); "
           f"{human_bytes(fit.available)} free: {fit.verdict.replace('_', ' ')}")
+    if info.card:
+        print("\n".join(_card_lines(info.card, args.model)))
+    return 0
+
+
+def _print_recipe(info) -> int:
+    recipe = info.card.get("recipe")
+    if recipe is None:
+        raise BelleError(f"{info.path}: this file has no recipe ({CARD_PREFIX}recipe); "
+                         "only models made by `belle build` carry one")
+    print(recipe.rstrip("\n"))
     return 0
 
 

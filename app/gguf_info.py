@@ -23,6 +23,10 @@ KNOWN_ARCHITECTURES = (
     "mistral3", "deepseek2", "chatglm", "glm4", "internlm2", "baichuan", "minicpm", "starcoder2", "falcon",
     "gpt2", "stablelm", "olmo", "granite", "exaone",
 )
+# The model card `belle build` writes into the files it makes: string keys CARD_PREFIX + field, in
+# the order people read them. A file may carry any subset; other GGUF files carry none.
+CARD_PREFIX = "belle.card."
+CARD_FIELDS = ("base", "data", "template", "training", "quantization", "fidelity", "built", "recipe")
 
 
 @dataclass
@@ -44,6 +48,7 @@ class ModelInfo:
     bos_token: str
     eos_token: str
     special_tokens: dict[str, int] = field(repr=False)
+    card: dict[str, str] = field(default_factory=dict, repr=False)  # CARD_FIELDS order, unknown fields after
 
     @property
     def head_dim(self) -> int:
@@ -173,6 +178,16 @@ def _describe_magic(magic: bytes) -> str:
     return "bytes " + magic.hex(" ")
 
 
+def _card(meta: dict) -> dict[str, str]:
+    """The belle.card.* strings without the prefix: known fields first, in CARD_FIELDS order, then
+    fields a newer `belle build` may add, in file order. Empty and non-string values are left out
+    (the header reader drops arrays it does not keep, so those arrive as None)."""
+    found = {key[len(CARD_PREFIX):]: value for key, value in meta.items()
+             if key.startswith(CARD_PREFIX) and isinstance(value, str) and value.strip()}
+    known = {name: found.pop(name) for name in CARD_FIELDS if name in found}
+    return known | found
+
+
 def _read(path: Path) -> ModelInfo:
     if not path.exists():
         raise ModelFileError(f"{path}: no such model file")
@@ -228,6 +243,7 @@ def _read(path: Path) -> ModelInfo:
         bos_token=token_text(meta.get("tokenizer.ggml.bos_token_id")),
         eos_token=token_text(meta.get("tokenizer.ggml.eos_token_id")),
         special_tokens=special,
+        card=_card(meta),
     )
 
 

@@ -65,3 +65,37 @@ def run_belle(*args, input=None, env=None, timeout=300) -> subprocess.CompletedP
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([*BELLE, *args], input=input, capture_output=True, text=True, env=full_env,
                           timeout=timeout, cwd=ROOT)
+
+
+# What `belle build` writes into a model's GGUF header (belle.card.*), as the card tests expect it back
+CARD = {
+    "base": "SmolLM2-135M-Instruct.Q4_1.gguf (sha256 1a2b3c4d5e6f)",
+    "data": "sample_zh_en.jsonl (300 rows, sha256 0f1e2d3c4b5a); facts.jsonl (20 rows, sha256 a5b4c3d2e1f0)",
+    "template": "chatml",
+    "training": "LoRA r=16 alpha=32, 24 steps, lr 0.003, max length 128, loss 0.21",
+    "quantization": "Q4_K_M by gptq, 8 samples x 256 tokens of default.txt",
+    "fidelity": ("text        KL (nats)  top-1 agree  ppl f16  ppl this\n"
+                 "default.txt    0.0312        94.1%    12.40     12.81\n"
+                 "heldout.txt    0.0405        92.7%    15.02     15.66"),
+    "built": "2026-11-23 12:40 UTC, belle 0.1.0",
+    "recipe": "name: smollm2-facts\nbase: smollm2-135m\ndata:\n  - sample_zh_en.jsonl\n  - facts.jsonl\n"
+              "train:\n  lora: {r: 16, alpha: 32}\n  steps: 24\nquantize:\n  type: Q4_K_M\n",
+}
+
+
+@pytest.fixture(scope="session")
+def card_model_path(default_model_path, tmp_path_factory) -> Path:
+    """The default model with a model card: a copy whose header has CARD as belle.card.* strings,
+    written in reverse order (the reader must put them in its own order), plus one field a newer
+    `belle build` might add."""
+    import gguf
+    from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
+
+    out = tmp_path_factory.mktemp("card") / "smollm2-card.gguf"
+    reader = gguf.GGUFReader(default_model_path)
+    arch = reader.get_field(gguf.Keys.General.ARCHITECTURE).contents()
+    writer = gguf.GGUFWriter(out, arch=arch, endianess=reader.endianess)
+    card = {f"belle.card.{k}": MetadataDetails(gguf.GGUFValueType.STRING, v) for k, v in reversed(CARD.items())}
+    card["belle.card.licence"] = MetadataDetails(gguf.GGUFValueType.STRING, "Apache-2.0")
+    copy_with_new_metadata(reader, writer, card, [])
+    return out

@@ -9,9 +9,9 @@ import pytest
 from belle.app import models
 from belle.app.catalog import load_catalog
 from belle.app.errors import CatalogError, ModelFileError
-from belle.app.gguf_info import estimate_ram, read_model_info
+from belle.app.gguf_info import CARD_FIELDS, estimate_ram, read_model_info
 from belle.app.memory import check_fit
-from tests.conftest import BELLE, run_belle
+from tests.conftest import BELLE, CARD, run_belle
 
 
 def test_catalog_lists_the_default_and_chinese_models():
@@ -197,3 +197,38 @@ def test_a_default_that_no_longer_resolves_says_how_to_fix_it(own_models, belle_
         assert "unknown model id 'gone.gguf'" in line, line
         assert f"default model set in {belle_home / 'config.json'}; choose another with `belle models default ID`" \
             in line, line
+
+
+def test_model_card_is_read_in_field_order(card_model_path, default_model_path):
+    info = read_model_info(card_model_path)
+    assert list(info.card) == [*CARD_FIELDS, "licence"]  # written in reverse; a new field comes last
+    assert info.card == {**CARD, "licence": "Apache-2.0"}
+    plain = read_model_info(default_model_path)
+    assert plain.card == {}
+    assert (info.n_params, info.n_vocab, info.special_tokens) == (plain.n_params, plain.n_vocab, plain.special_tokens)
+
+
+def test_models_info_prints_the_card_and_the_recipe(card_model_path, default_model_path):
+    r = run_belle("models", "info", str(card_model_path))
+    assert r.returncode == 0, r.stderr
+    card = r.stdout.split("model card:\n", 1)[1].splitlines()
+    assert card == [
+        f"  base model:     {CARD['base']}",
+        f"  data:           {CARD['data']}",
+        "  template:       chatml",
+        f"  training:       {CARD['training']}",
+        f"  quantization:   {CARD['quantization']}",
+        "  fidelity (vs f16):",
+        *("    " + line for line in CARD["fidelity"].splitlines()),
+        f"  built:          {CARD['built']}",
+        "  licence:        Apache-2.0",
+        f"  recipe:         `belle models info {card_model_path} --recipe` prints it",
+    ]
+    assert "tensor types:" in r.stdout.split("model card:", 1)[0]  # the usual lines come first
+    r = run_belle("models", "info", str(card_model_path), "--recipe")
+    assert r.returncode == 0 and r.stdout == CARD["recipe"], r.stderr
+
+    r = run_belle("models", "info", str(default_model_path))
+    assert r.returncode == 0 and "model card" not in r.stdout and "recipe" not in r.stdout, r.stderr
+    line = _error_line(run_belle("models", "info", str(default_model_path), "--recipe"))
+    assert f"{default_model_path}: this file has no recipe (belle.card.recipe)" in line, line
