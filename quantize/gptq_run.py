@@ -134,7 +134,7 @@ def calibration_samples(model_dir: Path, calib: Path, samples: int | None, seqle
     chunks = chunk_tokens(ids, seqlen, bos)
     if samples is not None and len(chunks) < samples:
         raise InputError(f"{calib}: {len(ids)} tokens give {len(chunks)} samples of {seqlen}, fewer than the "
-                         f"{samples} asked for (use a longer file, --samples or --seqlen)")
+                         f"{samples} asked for (use a longer file, fewer samples: --chunks, or shorter ones: --ctx)")
     if not chunks:
         raise InputError(f"{calib}: {len(ids)} tokens, shorter than one sample of {seqlen}")
     return chunks[: samples or MAX_SAMPLES]
