@@ -12,7 +12,11 @@ import flet as ft
 
 
 def labelled_button(icon: ft.IconData, label: str, on_click: Callable, disabled: bool = False,
-                    icon_size: float | None = 16, icon_color: str | None = None) -> ft.Control:
+                    icon_size: float | None = 16, icon_color: str | None = None,
+                    expanded: bool | None = None) -> ft.Control:
+    """`expanded`: for a button that shows and hides a part, whether it is shown now (screen
+    readers say "expanded" / "collapsed"); None for other buttons."""
     button = ft.IconButton(icon, icon_size=icon_size, icon_color=icon_color, disabled=disabled,
                            on_click=on_click)
-    return ft.Container(ft.Semantics(content=button, label=label, button=True, container=True), tooltip=label)
+    return ft.Container(ft.Semantics(content=button, label=label, button=True, container=True, expanded=expanded),
+                        tooltip=label)

@@ -1,7 +1,7 @@
 """The rows of the model panel, without Flet: catalog entries and local files, each with its size
 and a RAM-fit verdict for this machine's free memory."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import models
@@ -23,6 +23,7 @@ class ModelRow:
     detail: str = ""  # why the file cannot be used (English, from the GGUF reader)
     need: dict[str, int] | None = None  # RAM estimate: total, weights, kv, compute (bytes)
     available: int = 0
+    card: dict[str, str] = field(default_factory=dict)  # the model card `belle build` wrote (gguf_info.CARD_FIELDS)
 
     def tooltip(self, t) -> str:
         """The badge's tooltip in the UI's language."""
@@ -48,15 +49,17 @@ def model_rows(n_ctx: int, available: int | None = None) -> list[ModelRow]:
     rows, local_files = [], set()
     for lm in models.list_local():
         local_files.add(lm.path.name)
-        need, detail = None, ""
+        need, detail, card = None, "", {}
         try:
-            fit = check_fit(read_model_info(lm.path), n_ctx, available)
+            info = read_model_info(lm.path)
+            card = info.card
+            fit = check_fit(info, n_ctx, available)
             verdict, est = fit.verdict, fit.estimate
             need = {"total": est.total, "weights": est.weights, "kv": est.kv_cache, "compute": est.compute}
         except BelleError as err:
             verdict, detail = "wont_fit", str(err)
         rows.append(ModelRow(lm.id, models.display_name(lm.path), lm.size, verdict, True, lm.path,
-                             detail=detail, need=need, available=available))
+                             detail=detail, need=need, available=available, card=card))
     for entry in load_catalog().entries:
         if entry.file in local_files:
             continue

@@ -1,10 +1,13 @@
 """The model panel: local files and the catalog with size and a RAM-fit badge, import a GGUF (file
-picker or a path), load with a progress bar, a clear message on a bad file.
+picker or a path), load with a progress bar, a clear message on a bad file. A file made by
+`belle build` carries a model card (base model, data, training, quantization, fidelity table); its
+row opens it in place.
 
 In the browser a picked file is uploaded over HTTP with a progress bar (see uploads.py), then
 imported like a file on this computer."""
 
 import logging
+import shlex
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -13,9 +16,10 @@ import flet as ft
 
 from .. import models
 from ..errors import BelleError
-from ..gguf_info import human_bytes
+from ..gguf_info import CARD_FIELDS, human_bytes
 from ..memory import available_memory
 from . import theme, uploads
+from .labelled_button import labelled_button
 from .loop import on_loop
 from .model_list import ModelRow, model_rows
 from .state import ChatState, error_text
@@ -29,6 +33,7 @@ class ModelPanel:
         self.page, self.state, self.t, self.on_loaded = page, state, t, on_loaded
         self.picker = ft.FilePicker(on_upload=self._on_upload)
         self.uploading: dict[str, Path] = {}  # picked file name -> where its upload lands
+        self.open_cards: set[str] = set()  # ids of the rows whose model card is shown
         self.rows = ft.Column(spacing=4, scroll=ft.ScrollMode.AUTO, height=360)
         self.error = ft.Text("", color=ft.Colors.ERROR, visible=False)
         self.progress = ft.ProgressBar(visible=False)
@@ -75,10 +80,55 @@ class ModelPanel:
         else:
             action = ft.Text(t("not_downloaded"), size=11, color=ft.Colors.ON_SURFACE_VARIANT)
         size = human_bytes(row.size) if row.size else "?"
-        return ft.Row([ft.Column([ft.Text(row.name, size=13), ft.Text(size, size=11, color=ft.Colors.ON_SURFACE_VARIANT)],
+        if row.card:
+            size += f" · {t('model_card')}"  # says there is one before anyone hovers the toggle
+        line = ft.Row([ft.Column([ft.Text(row.name, size=13), ft.Text(size, size=11, color=ft.Colors.ON_SURFACE_VARIANT)],
                                  spacing=0, expand=True, tight=True),
+                       *self._card_toggle(row),
                        ft.Container(theme.badge(t(row.verdict), row.verdict), tooltip=row.tooltip(t) or None), action],
                       vertical_alignment=ft.CrossAxisAlignment.CENTER)
+        if row.id not in self.open_cards or not row.card:
+            return line
+        return ft.Column([line, self._card(row)], spacing=4, tight=True)
+
+    # the model card
+
+    def _card_toggle(self, row: ModelRow) -> list[ft.Control]:
+        if not row.card:
+            return []
+        shown = row.id in self.open_cards
+        return [labelled_button(ft.Icons.EXPAND_LESS if shown else ft.Icons.EXPAND_MORE,
+                                self.t("model_card_of", name=row.name), lambda e: self.toggle_card(row.id),
+                                icon_size=20, expanded=shown)]
+
+    def toggle_card(self, row_id: str) -> None:
+        self.open_cards ^= {row_id}
+        self.render()
+        self.rows.update()
+
+    def _card(self, row: ModelRow) -> ft.Control:
+        """The card's facts as label and value; the fidelity table (several lines) under its label in
+        the monospace font, scrolling sideways rather than wrapping its columns. The recipe YAML is
+        too long for the panel: a line says how to print it."""
+        t, muted = self.t, ft.Colors.ON_SURFACE_VARIANT
+        facts: list[ft.Control] = [ft.Text(t("model_card"), size=12, weight=ft.FontWeight.BOLD)]
+        for key, value in row.card.items():
+            if key == "recipe":
+                continue
+            label = t(f"card_{key}") if key in CARD_FIELDS else key  # a field newer than this app: its own name
+            value = value.strip("\n")
+            if "\n" in value:
+                table = ft.Text(value, size=11, style=theme.code_style(), no_wrap=True)
+                facts += [ft.Text(label, size=12, color=muted), ft.Row([table], scroll=ft.ScrollMode.AUTO)]
+            else:
+                facts.append(ft.Row([ft.Text(label, size=12, color=muted, width=130),
+                                     ft.Text(value, size=12, expand=True)],
+                                    vertical_alignment=ft.CrossAxisAlignment.START))
+        if "recipe" in row.card:
+            command = f"belle models info {shlex.quote(row.id)} --recipe"
+            facts.append(ft.Text(t("card_recipe", command=command), size=11, color=muted))
+        return ft.Container(ft.Column(facts, spacing=4, tight=True), border=ft.Border.all(1, ft.Colors.OUTLINE_VARIANT),
+                            border_radius=8, padding=ft.Padding(10, 6, 10, 8))
 
     # actions
 

@@ -4,8 +4,9 @@ import time
 
 import pytest
 
-from belle.app import paths
+from belle.app import models, paths
 from belle.app.chat_store import ChatStore
+from tests.conftest import CARD
 
 from .browser import button, composer, enable_semantics, labelled, pixel_stats, text_box, texts, tile
 
@@ -68,6 +69,21 @@ def test_page_loads_offline(app_page, output_dir):
     (output_dir / "outside_requests.txt").write_text("\n".join(outside))
     # flet-web 1.0.5 always asks a CDN for the Rive animation runtime (unused here); nothing else may leave
     assert all("@rive-app" in url for url in outside), outside
+
+
+def text_lines(rows) -> list[list[int]]:
+    """[leftmost x, rightmost x] of each run of pixel rows with dark pixels (pixel_stats' "rows"):
+    one per line of text."""
+    lines, current = [], None
+    for r in rows:
+        if r is None:
+            current = None
+        elif current is None:
+            current = list(r)
+            lines.append(current)
+        else:
+            current[0], current[1] = min(current[0], r[0]), max(current[1], r[1])
+    return lines
 
 
 def short_replies(page) -> None:
@@ -227,6 +243,45 @@ def test_bad_gguf_in_model_panel_shows_error(app_page, output_dir, tmp_path):
     page.screenshot(path=output_dir / "still_working.png")
 
 
+def test_model_panel_shows_the_model_card(app_page, output_dir, tmp_path, default_model_path, card_model_path):
+    """A file made by `belle build` opens its card in its row: the facts, the fidelity table in the
+    monospace font (its three lines have 53 characters each), and only a pointer to the recipe."""
+    models_dir = tmp_path / "models"
+    models_dir.mkdir()
+    (models_dir / default_model_path.name).symlink_to(default_model_path)  # present: no first-run fetch
+    (models_dir / "built.gguf").symlink_to(card_model_path)
+    page = app_page(models_dir=models_dir)
+    button(page, "Models").click()
+    toggle = f"Model card: {models.display_name(card_model_path)}"
+    wait_until(lambda: visible(page, toggle), 20, "the model card button of the built model")
+    assert button(page, f"Model card: {models.display_name(default_model_path)}").count() == 0  # no card, no button
+    assert CARD["training"] not in texts(page)  # closed until asked for
+    button(page, toggle).click()
+    wait_until(lambda: CARD["training"] in texts(page), 10, "the opened model card")
+    page.wait_for_timeout(800)
+    page.screenshot(path=output_dir / "model_card.png")
+    shown = texts(page)
+    for label, key in (("Base model", "base"), ("Training data", "data"), ("Quantization", "quantization"),
+                       ("Built", "built")):
+        assert label in shown and CARD[key] in shown, (label, shown)
+    assert "The full recipe: belle models info built.gguf --recipe" in shown
+    assert "smollm2-facts" not in shown  # the recipe YAML itself stays out of the panel
+    assert "KL (nats)" in shown and "heldout.txt" in shown
+
+    label, below = text_box(page, "Fidelity (vs f16)"), text_box(page, "Built")
+    y0 = label["y"] + label["height"]
+    rows = pixel_stats(page, {"x": label["x"], "y": y0, "width": 560, "height": below["y"] - y0})["rows"]
+    lines = text_lines(rows)
+    widths = [hi - lo for lo, hi in lines if hi - lo > 20]  # not a run of a lone dot or accent
+    # in Noto Sans Mono every character is 0.6 em: 53 at 11 px come to ~350 px; the proportional
+    # text font drew these lines ~240 px long and 7 px apart
+    assert len(widths) == 3 and max(widths) - min(widths) <= 0.015 * max(widths), lines
+    assert min(widths) > 53 * 11 * 0.55, lines
+
+    button(page, toggle).click()
+    wait_until(lambda: CARD["training"] not in texts(page), 10, "the card to close again")
+
+
 MARKDOWN_REPLY = """Here is a **table**, a list and code:
 
 | 城市 | 人口 |
@@ -347,15 +402,7 @@ def test_code_block_is_monospace(app_page, output_dir):
         labelled(page, "Copy").bounding_box()
     y0 = top["y"] + top["height"]
     rows = pixel_stats(page, {"x": group["x"], "y": y0, "width": group["width"], "height": bottom["y"] - y0})["rows"]
-    lines, current = [], None  # runs of rows with dark pixels: one per text line
-    for r in rows:
-        if r is None:
-            current = None
-        elif current is None:
-            current = list(r)
-            lines.append(current)
-        else:
-            current[0], current[1] = min(current[0], r[0]), max(current[1], r[1])
+    lines = text_lines(rows)
     assert len(lines) >= 2, lines
     (i_lo, i_hi), (w_lo, w_hi) = lines[-2:]  # the i line (its dots may form a run of their own above) and the W line
     assert abs((i_hi - i_lo) - (w_hi - w_lo)) <= 0.1 * (w_hi - w_lo), lines

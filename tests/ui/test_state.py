@@ -8,12 +8,14 @@ import pytest
 
 from belle.app import paths
 from belle.app.chat_store import ChatStore
+from belle.app.gguf_info import CARD_FIELDS
 from belle.app.session import EngineCache
 from belle.app.ui import state as events
 from belle.app.ui.i18n import STRINGS, tr
 from belle.app.ui.model_list import model_rows
 from belle.app.session import ChatSession
 from belle.app.ui.state import SETTING_LIMITS, ChatState, UIError, cut_off_reason, parse_setting, split_code_blocks
+from tests.conftest import CARD
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +182,16 @@ def test_model_rows_badges(default_model_path):
     assert big.verdict == "tight" and not big.local
 
 
+def test_model_rows_carry_the_model_card(default_model_path, card_model_path, tmp_path, monkeypatch):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / default_model_path.name).symlink_to(default_model_path)
+    (folder / "built.gguf").symlink_to(card_model_path)
+    monkeypatch.setenv("BELLE_MODELS_DIR", str(folder))
+    cards = {r.id: r.card for r in model_rows(4096, available=64 << 30) if r.local}
+    assert cards == {"smollm2-135m": {}, "built.gguf": {**CARD, "licence": "Apache-2.0"}}
+
+
 def test_every_label_is_translated():
     assert set(STRINGS["zh"]) == set(STRINGS["en"])
     assert tr("zh", "stop") == "停止" and tr("en", "context", used=5, n_ctx=10) == "Context 5 / 10"
@@ -291,6 +303,7 @@ def test_every_key_the_ui_uses_is_translated():
     for path in ui.glob("*.py"):
         used |= set(re.findall(r"\bt\(\s*\"([a-z_]+)\"", path.read_text(encoding="utf-8")))
     used |= {f"cut_off_{r}" for r in ("length", "context")} | set(SETTING_LIMITS)
+    used |= {f"card_{f}" for f in CARD_FIELDS}  # the model card's labels, by field name
     assert used, "no t(...) calls found"
     assert not used - set(STRINGS["en"]), used - set(STRINGS["en"])
     assert not used - set(STRINGS["zh"]), used - set(STRINGS["zh"])
