@@ -111,6 +111,7 @@ class ModelPanel:
         the monospace font, scrolling sideways rather than wrapping its columns. The recipe YAML is
         too long for the panel: a line says how to print it."""
         t, muted = self.t, ft.Colors.ON_SURFACE_VARIANT
+        narrow = (self.page.width or 1024) < theme.NARROW  # a phone: labels above their values, not beside
         facts: list[ft.Control] = [ft.Text(t("model_card"), size=12, weight=ft.FontWeight.BOLD)]
         for key, value in row.card.items():
             if key == "recipe":
@@ -120,6 +121,8 @@ class ModelPanel:
             if "\n" in value:
                 table = ft.Text(value, size=11, style=theme.code_style(), no_wrap=True)
                 facts += [ft.Text(label, size=12, color=muted), ft.Row([table], scroll=ft.ScrollMode.AUTO)]
+            elif narrow:
+                facts.append(ft.Column([ft.Text(label, size=12, color=muted), ft.Text(value, size=12)], spacing=0))
             else:
                 facts.append(ft.Row([ft.Text(label, size=12, color=muted, width=130),
                                      ft.Text(value, size=12, expand=True)],
