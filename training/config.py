@@ -94,8 +94,8 @@ FIELDS = {f.name: f for f in fields(TrainConfig)}
 RESUMABLE_CHANGES = {"epochs", "max_steps", "save_steps", "save_total_limit", "logging_steps", "eval_steps", "threads"}
 
 
-def _coerce(name: str, value, where: str):
-    """A YAML or JSON value checked against the field's type."""
+def coerce(name: str, value, where: str):
+    """A YAML or JSON value checked against the field's type (also used by `belle build` recipes)."""
     kind = FIELDS[name].type
     if value is None:
         return None
@@ -142,7 +142,7 @@ def read_yaml(path: Path) -> dict:
         name = str(key).replace("-", "_")
         if name not in FIELDS:
             raise SettingsError(f"{path}: unknown setting '{key}' (known: {', '.join(FIELDS)})")
-        out[name] = _coerce(name, value, str(path))
+        out[name] = coerce(name, value, str(path))
     return out
 
 
