@@ -23,6 +23,7 @@ COMMANDS = {
     "quantize": "belle.quantize.cli_quantize",
     "eval": "belle.quantize.cli_eval",
     "train": "belle.training.cli_train",
+    "build": "belle.pipeline.cli_build",
 }
 
 
