@@ -99,7 +99,8 @@ class _Build:
         stages = []
         if self.base_is_gguf:
             stages.append(Stage("base", key_of("base", base_hash), [self.base_dir / "config.json"], self._base))
-        train_key = key_of("train", base_hash, data_hashes, r.template, r.format, r.train)
+        launch = [str(r.launch.config), st.sha256(r.launch.config), r.launch.args] if r.launch else None
+        train_key = key_of("train", base_hash, data_hashes, r.template, r.format, r.train, launch)
         stages.append(Stage("train", train_key, [self.train_dir / "belle-train.json"], self._train))
         model_key = train_key
         if r.method == "lora":
@@ -153,11 +154,42 @@ class _Build:
                              "output": str(self.train_dir), "template": r.template, "format": r.format}).check()
         # a build killed while training left checkpoints made with this very key: continue them
         resume = resume and last_checkpoint(self.train_dir) is not None
+        if r.launch:
+            return self._train_launched(cfg, resume)
         result = train(cfg, resume=resume, force=not resume)
         return {"steps": result.steps, "loss": result.train_loss, "rows": result.rows, "tokens": result.tokens,
                 "seconds": result.seconds, "resumed": resume, "skipped": result.skipped, "truncated": result.truncated,
                 "lr": cfg.learning_rate(), "batch": cfg.batch_size * cfg.grad_accum, "max_length": cfg.max_length,
                 "method": cfg.method, "lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha, "packing": cfg.packing}
+
+    def _train_launched(self, cfg, resume: bool) -> dict:
+        """`belle train` as `accelerate launch ... -m belle.training`: the processes accelerate starts
+        (GPUs, or gloo on CPUs) need a command line, not a function call."""
+        import dataclasses
+        import subprocess
+        import sys
+
+        import yaml
+
+        settings = self.out / "train-settings.yaml"
+        values = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "output" and v is not None}
+        settings.write_text(yaml.safe_dump(values, allow_unicode=True, sort_keys=False), encoding="utf-8")
+        how = ["--resume"] if resume else ["--config", str(settings), "--force"]
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(self.r.launch.config),
+               *self.r.launch.args, "-m", "belle.training", "-o", str(self.train_dir), *how]
+        log.info("running %s", " ".join(cmd))
+        if subprocess.run(cmd).returncode != 0:
+            raise BelleError(f"training under accelerate launch failed (its output is above; the command was: "
+                             f"{' '.join(cmd)})")
+        # what the in-process run returns, read back from the run's log
+        records = [json.loads(line) for line in (self.train_dir / "log.jsonl").read_text(encoding="utf-8").splitlines()
+                   if line.strip()]
+        last = records[-1] if records else {}
+        return {"steps": last.get("step"), "loss": last.get("train_loss"), "tokens": last.get("tokens"),
+                "seconds": last.get("train_runtime"), "resumed": resume, "lr": cfg.learning_rate(),
+                "batch": cfg.batch_size * cfg.grad_accum, "max_length": cfg.max_length, "method": cfg.method,
+                "lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha, "packing": cfg.packing,
+                "launch": f"{self.r.launch.config.name} {' '.join(self.r.launch.args)}".strip()}
 
     def _merge(self, resume: bool) -> dict:
         import os
@@ -248,8 +280,11 @@ class _Build:
         if t.get("method") == "lora":
             how += f" r={t.get('lora_r')} alpha={t.get('lora_alpha')}"
         loss = f", final loss {t['loss']:.3f}" if t.get("loss") is not None else ""
-        training = (f"{how}, {t.get('steps')} steps of {t.get('batch')} rows, lr {t.get('lr'):g}, max length "
-                    f"{t.get('max_length')}{', packed' if t.get('packing') else ''}{loss}, {t.get('seconds', 0):.0f} s")
+        per = " per process" if t.get("launch") else ""
+        training = (f"{how}, {t.get('steps')} steps of {t.get('batch')} rows{per}, lr {t.get('lr'):g}, max length "
+                    f"{t.get('max_length')}{', packed' if t.get('packing') else ''}{loss}, {t.get('seconds') or 0:.0f} s")
+        if t.get("launch"):
+            training += f", accelerate launch {t['launch']}"
         built = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, belle {version}"
         facts = {"base": f"{base_name} (sha256 {self.base_hash[:12]})", "data": data,
                  "template": r.template or "the base model's own", "training": training,

@@ -13,6 +13,10 @@ def add_parser(sub) -> None:
     p.add_argument("recipe", type=Path, metavar="RECIPE.yaml")
     p.add_argument("--out", type=Path, metavar="DIR", help="build folder (default: the recipe's `out`, else runs/NAME)")
     p.add_argument("--force", action="store_true", help="run every stage again (training starts over)")
+    p.add_argument("--accelerate", type=Path, metavar="CONFIG",
+                   help="train under `accelerate launch --config_file CONFIG` (many GPUs; replaces the recipe's launch)")
+    p.add_argument("--accelerate-arg", action="append", default=[], metavar="ARG",
+                   help="one more `accelerate launch` argument, e.g. --accelerate-arg=--num_processes=8 (repeatable)")
     p.set_defaults(func=run)
 
 
@@ -22,9 +26,13 @@ def run(args) -> int:
     from belle.app.errors import BelleError
 
     from .build import build, default_out
-    from .recipe import load_recipe
+    from .recipe import launch_from, load_recipe
 
     recipe = load_recipe(args.recipe)
+    if args.accelerate:
+        recipe.launch = launch_from("--accelerate", Path.cwd(), args.accelerate, args.accelerate_arg)
+    elif args.accelerate_arg:
+        raise BelleError("--accelerate-arg needs --accelerate CONFIG")
     bars: dict[str, tqdm] = {}
     current = {"name": ""}
 

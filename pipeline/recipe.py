@@ -7,6 +7,8 @@
     template: chatml                     # belle | chatml | base; the GGUF carries it to the app
     out: null                            # null: runs/NAME under the current folder
     train: {method: lora, epochs: 1}     # any `belle train` setting, same names as its YAML config
+    launch: {config: ../training/accelerate/deepspeed_zero2.yaml, args: [--num_processes, "8"]}
+                                         # optional: train under `accelerate launch` (many GPUs)
     quantize: {method: gptq, types: [Q4_K_M], calibration: null, samples: 32, ctx: 512, compare: [rtn]}
     eval: {text: null, chunks: 8, ctx: 512}
     install: true                        # add the GGUFs to the app's model list
@@ -49,6 +51,13 @@ class EvalSpec:
 
 
 @dataclass
+class Launch:
+    """Train under `accelerate launch --config_file CONFIG ARGS... -m belle.training` (many GPUs)."""
+    config: Path
+    args: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Recipe:
     path: Path
     text: str  # the file as written, recorded in the model card
@@ -62,6 +71,7 @@ class Recipe:
     quantize: QuantizeSpec
     eval: EvalSpec
     install: bool = True
+    launch: "Launch | None" = None
 
     @property
     def method(self) -> str:
@@ -88,7 +98,7 @@ def load_recipe(path: Path) -> Recipe:
 
 def _parse(path: Path, text: str, raw: dict) -> Recipe:
     where = str(path)
-    known = ("name", "base", "data", "format", "template", "out", "train", "quantize", "eval", "install")
+    known = ("name", "base", "data", "format", "template", "out", "train", "launch", "quantize", "eval", "install")
     for key in raw:
         if key not in known:
             raise SettingsError(f"{where}: unknown key '{key}' (known: {', '.join(known)})")
@@ -122,7 +132,8 @@ def _parse(path: Path, text: str, raw: dict) -> Recipe:
     return Recipe(path=path, text=text, name=name, base=base, data=data_paths, format=raw.get("format"),
                   template=template, out=out, train=_train(where, raw.get("train") or {}),
                   quantize=_quantize(where, folder, raw.get("quantize") or {}),
-                  eval=_eval(where, folder, raw.get("eval") or {}), install=install)
+                  eval=_eval(where, folder, raw.get("eval") or {}), install=install,
+                  launch=_launch(where, folder, raw["launch"]) if raw.get("launch") else None)
 
 
 def _rel(folder: Path, value) -> Path:
@@ -152,6 +163,28 @@ def _int(where: str, key: str, value, low: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise SettingsError(f"{where}: {key}: expected a whole number of at least {low}, got {value!r}")
     return value
+
+
+def launch_from(where: str, folder: Path, config, args=()) -> Launch:
+    path = _rel(folder, config)
+    if not path.is_file():
+        raise SettingsError(f"{where}: launch: config: no such accelerate config ({path})")
+    return Launch(path, [str(a) for a in args])
+
+
+def _launch(where: str, folder: Path, raw) -> Launch:
+    if isinstance(raw, str):
+        raw = {"config": raw}
+    values = _section(where, "launch", raw)
+    for key in values:
+        if key not in ("config", "args"):
+            raise SettingsError(f"{where}: launch: unknown key '{key}' (known: config, args)")
+    if not values.get("config"):
+        raise SettingsError(f"{where}: launch: config: the accelerate config file to launch training with")
+    args = values.get("args") or []
+    if not isinstance(args, list):
+        raise SettingsError(f"{where}: launch: args: expected a list of accelerate launch arguments")
+    return launch_from(where, folder, values["config"], args)
 
 
 def _quantize(where: str, folder: Path, raw) -> QuantizeSpec:
