@@ -79,20 +79,13 @@ class Recipe:
 
 
 def load_recipe(path: Path) -> Recipe:
-    import yaml
+    from belle.training.config import parse_yaml
 
     path = Path(path)
     if not path.is_file():
         raise SettingsError(f"{path}: no such recipe file")
     text = path.read_text(encoding="utf-8")
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        raise SettingsError(f"{path}{line}: invalid YAML ({getattr(err, 'problem', None) or err})") from None
-    if not isinstance(raw, dict):
-        raise SettingsError(f"{path}: expected a mapping (name, base, data, ...), got {type(raw).__name__}")
+    raw = parse_yaml(path, text, "recipe keys (name, base, data, ...)")
     return _parse(path, text, raw)
 
 

@@ -123,20 +123,26 @@ def coerce(name: str, value, where: str):
         raise SettingsError(f"{where}: {name}: {value!r} is not a valid {kind}") from None
 
 
-def read_yaml(path: Path) -> dict:
+def parse_yaml(path: Path, text: str, what: str) -> dict:
+    """A YAML mapping, or a one-line error naming the file and line (also reads `belle build` recipes)."""
     import yaml
 
-    path = Path(path)
-    if not path.is_file():
-        raise SettingsError(f"{path}: no such config file")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
         raise SettingsError(f"{path}{line}: invalid YAML ({getattr(err, 'problem', None) or err})") from None
     if not isinstance(raw, dict):
-        raise SettingsError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
+        raise SettingsError(f"{path}: expected a mapping of {what}, got {type(raw).__name__}")
+    return raw
+
+
+def read_yaml(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise SettingsError(f"{path}: no such config file")
+    raw = parse_yaml(path, path.read_text(encoding="utf-8"), "settings")
     out = {}
     for key, value in raw.items():
         name = str(key).replace("-", "_")
