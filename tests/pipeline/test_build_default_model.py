@@ -40,6 +40,7 @@ def _answers(path, questions):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # the budget for this test: 15 minutes on 2 cores (measured: 10)
 def test_fine_tune_gptq_and_chat_on_the_default_model(default_model_path, tmp_path, belle_home):
     from transformers import AutoTokenizer
 
