@@ -152,7 +152,8 @@ def test_the_shipped_recipe_is_valid(default_model_path):
 
 
 def test_training_runs_under_accelerate_launch(tmp_path, tiny_base, data, belle_home):
-    """The command the README gives for many GPUs, on two CPU processes joined over gloo."""
+    """The command the README gives for many GPUs, on two CPU processes joined over gloo (and
+    imatrix as the comparison method)."""
     import socket
 
     import gguf
@@ -161,7 +162,7 @@ def test_training_runs_under_accelerate_launch(tmp_path, tiny_base, data, belle_
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     recipe = tiny_recipe(tmp_path, tiny_base, [data, FACTS], train=dict(save_steps=4),
-                         quantize=dict(compare=[]), install=False)
+                         quantize=dict(compare=["imatrix"]), install=False)
     out = tmp_path / "out"
     proc = belle_build(recipe, "--out", out, "--accelerate", ROOT / "training" / "accelerate" / "cpu_ddp.yaml",
                        "--accelerate-arg=--num_processes=2", "--accelerate-arg=--mixed_precision=no",
@@ -172,3 +173,6 @@ def test_training_runs_under_accelerate_launch(tmp_path, tiny_base, data, belle_
     assert info["steps"] == 4 and info["loss"] > 0
     training = gguf.GGUFReader(out / "tiny.Q4_0.gguf").get_field("belle.card.training").contents()
     assert "accelerate launch cpu_ddp.yaml --num_processes=2" in training and "rows per process" in training
+    # llama.cpp's imatrix quantizer as the comparison method this time
+    fidelity = json.loads((out / "fidelity.json").read_text())
+    assert [row["model"] for row in fidelity["candidates"]] == ["tiny.Q4_0.gguf", "tiny.Q4_0.imatrix.gguf"]
