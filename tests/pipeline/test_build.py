@@ -80,6 +80,13 @@ def test_build_runs_every_stage_then_skips_what_is_up_to_date(tmp_path, tiny_bas
     assert reader.get_field("tokenizer.chat_template").contents().startswith("{%- for message in messages")
     installed = belle_home / "models" / "tiny.Q4_0.gguf"
     assert installed.is_file() and installed.stat().st_size == (out / "tiny.Q4_0.gguf").stat().st_size
+    # the app reads the card back: `belle models info` shows it, --recipe gives back the recipe file
+    info = subprocess.run([*BELLE, "models", "info", "tiny.Q4_0.gguf"], capture_output=True, text=True,
+                          env=_env(belle_home), check=True).stdout
+    assert "model card:" in info and "Q4_0 by GPTQ" in info and "tiny.Q4_0.rtn.gguf" in info
+    stored = subprocess.run([*BELLE, "models", "info", "tiny.Q4_0.gguf", "--recipe"], capture_output=True,
+                            text=True, env=_env(belle_home), check=True).stdout
+    assert stored.strip() == recipe.read_text(encoding="utf-8").strip()
 
     again = belle_build(recipe, "--out", out, env=_env(belle_home))
     assert ran(again) == [] and again.stdout.count("up to date, skipped") == len(STAGES)
