@@ -156,6 +156,13 @@ def test_the_shipped_recipe_is_valid(default_model_path):
     assert recipe.base == "smollm2-135m" and models.resolve(recipe.base) == default_model_path
     assert [p.name for p in recipe.data] == ["sample_zh_en.jsonl", "sample_multiturn.jsonl"]
     assert recipe.template == "chatml" and recipe.quantize.method == "gptq" and recipe.quantize.compare == ["rtn"]
+    # enough calibration text for the samples it asks for (GPTQ would stop after training otherwise)
+    from belle.quantize.llama_runner import LlamaRunner
+    from belle.quantize.textdata import DEFAULT_CALIBRATION, asset_path, load_text
+
+    with LlamaRunner(default_model_path, 512, 1) as runner:
+        tokens = runner.tokenize(load_text(asset_path(DEFAULT_CALIBRATION)))
+    assert len(tokens) // recipe.quantize.ctx >= recipe.quantize.samples, len(tokens)
 
 
 def test_training_runs_under_accelerate_launch(tmp_path, tiny_base, data, belle_home):
