@@ -288,9 +288,8 @@ class _Build:
         built = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, belle {version}"
         facts = {"base": f"{base_name} (sha256 {self.base_hash[:12]})", "data": data,
                  "template": r.template or "the base model's own", "training": training,
-                 "fidelity": self.state.info("evaluate").get("table", ""), "built": built, "recipe": r.text,
-                 "recipe_file": r.path.name}
-        return Card(r.name, facts, data_names, base_name)
+                 "fidelity": self.state.info("evaluate").get("table", ""), "built": built, "recipe": r.text}
+        return Card(r.name, facts, data_names, base_name, r.path.name)
 
     def _install(self, resume: bool) -> dict:
         from belle.app import models

@@ -12,23 +12,22 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-CARD_PREFIX = "belle.card."
-# The order the app shows them in. Keep in step with app/gguf_info.py CARD_FIELDS.
-FIELDS = ("base", "data", "template", "training", "quantization", "fidelity", "built", "recipe")
+from belle.app.gguf_info import CARD_FIELDS, CARD_PREFIX  # the app's reader defines the keys and their order
 
 
 @dataclass
 class Card:
     name: str  # the recipe's name
-    facts: dict[str, str]  # field -> text, every field of FIELDS except quantization
+    facts: dict[str, str]  # field -> text, every field of CARD_FIELDS except quantization
     data_names: list[str]
     base_name: str
+    recipe_file: str  # the recipe's file name, for README.md
 
 
 def gguf_metadata(card: Card, qtype: str, quantization: str) -> dict[str, str]:
     """The card facts for one GGUF file, as GGUF string keys."""
     facts = {**card.facts, "quantization": quantization}
-    kv = {f"{CARD_PREFIX}{f}": facts[f] for f in FIELDS if facts.get(f)}
+    kv = {f"{CARD_PREFIX}{f}": facts[f] for f in CARD_FIELDS if facts.get(f)}
     kv["general.name"] = f"{card.name} {qtype}"
     kv["general.description"] = (f"{card.base_name} fine-tuned on {', '.join(card.data_names)} with belle "
                                  f"({facts.get('template')} template), {quantization}")
@@ -69,7 +68,7 @@ def render_readme(card: Card, files: list[tuple[str, str, int]], install_names: 
     """README.md for the build folder. files: (GGUF file name, quantization text, size in bytes)."""
     f = card.facts
     lines = [f"# {card.name}", "",
-             f"Built by `belle build` from `{Path(card.facts.get('recipe_file', 'recipe.yaml')).name}` "
+             f"Built by `belle build` from `{card.recipe_file}` "
              f"({f.get('built', '')}).", "",
              "| | |", "|---|---|",
              f"| base model | {f.get('base', '')} |",

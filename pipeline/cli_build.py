@@ -62,7 +62,6 @@ def run(args) -> int:
     try:
         result = build(recipe, out, force=args.force, on_stage=on_stage, step=step)
     except KeyboardInterrupt:
-        _close_all(bars)
         raise BelleError(f"interrupted during '{current['name']}': finished stages are kept in {out}; "
                          "run the same command again to resume") from None
     finally:
@@ -87,6 +86,5 @@ def _close_step(bars: dict) -> None:
 
 def _close_all(bars: dict) -> None:
     _close_step(bars)
-    bar = bars.get("stages")
-    if bar is not None and not bar.disable:
-        bar.close()
+    if "stages" in bars:
+        bars["stages"].close()
