@@ -23,8 +23,16 @@ def add_parser(sub) -> None:
     info.add_argument("--recipe", action="store_true",
                       help="print only the recipe YAML that `belle build` stored in the file")
     info.set_defaults(func=cmd_info)
-    pull = msub.add_parser("pull", help="download a catalog model and verify it")
-    pull.add_argument("id")
+    pull = msub.add_parser("pull", help="download a catalog model or hf:OWNER/REPO/FILE.gguf, resumably, and verify it",
+                           description="Download a model into the models folder. An interrupted download goes on "
+                           "where it stopped when the same command runs again; nothing is usable until its sha256 "
+                           "checks out. Hub mirror: --mirror, else the mirror set in the app, else HF_ENDPOINT. "
+                           "HF_TOKEN is sent for gated repos; HTTPS_PROXY is honoured.")
+    pull.add_argument("id", help="catalog id (`belle models list`) or hf:OWNER/REPO/FILE.gguf "
+                      "(a split model: its -00001-of-0000N.gguf part; every part is fetched)")
+    pull.add_argument("--mirror", metavar="URL", help="a mirror of the Hugging Face hub, e.g. https://hf-mirror.com")
+    pull.add_argument("--revision", metavar="REV", help="branch, tag or commit (default: the catalog's pinned "
+                      "commit, or main for hf:)")
     pull.set_defaults(func=cmd_pull)
     imp = msub.add_parser("import", help="check a GGUF file and copy it into the models folder")
     imp.add_argument("path")
@@ -55,7 +63,9 @@ def cmd_list(args) -> int:
     default = models.default_model_id()
     rows = [("", "ID", "SIZE", "LANG", "LICENSE", "STATUS")]
     for e in catalog.entries:
-        status = "downloaded" if e.file in local else "-"
+        partial = models.partial_download(e) if e.file not in local else 0
+        status = ("downloaded" if e.file in local else
+                  f"partial {100 * partial // e.size}% (pull again to resume)" if partial and e.size else "-")
         rows.append(("*" if e.id == default else "", e.id, human_bytes(e.size) if e.size else "?", ",".join(e.languages),
                      e.license, status))
     for name, m in local.items():
@@ -128,13 +138,37 @@ def _print_recipe(info) -> int:
 
 
 def cmd_pull(args) -> int:
-    entry = load_catalog().get(args.id)
-    bar, update = _bar(entry.id)
+    if not args.id.startswith("hf:"):
+        load_catalog().get(args.id)  # an unknown id fails before anything else
+    bar = tqdm(total=0, unit="B", unit_scale=True, desc=args.id.rsplit("/", 1)[-1], disable=not sys.stderr.isatty(),
+               dynamic_ncols=True)
+
+    def on_plan(plan: models.PullPlan) -> None:
+        parts = f" in {len(plan.files)} parts" if len(plan.files) > 1 else ""
+        resumed = f", resuming at {human_bytes(plan.have)}" if plan.have else ""
+        print(f"{plan.id}: {human_bytes(plan.total)}{parts} from {plan.files[0].url.split('/resolve/')[0]}{resumed}",
+              file=sys.stderr)
+        if plan.ram_warning:
+            print(f"warning: {plan.ram_warning}", file=sys.stderr)
+        bar.reset(plan.total)
+        # start at what an earlier run fetched, so speed and ETA count only this run's bytes
+        bar.initial = bar.n = bar.last_print_n = plan.have
+        bar.refresh()
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
     try:
-        path = models.pull(entry.id, progress=update)
+        path = models.pull(args.id, progress=update, mirror=args.mirror, revision=args.revision, on_plan=on_plan)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"interrupted; what was downloaded is kept: run `belle models pull {args.id}` again to resume",
+              file=sys.stderr)
+        return 130
     finally:
         bar.close()
-    print(f"{entry.id}: {path}")
+    print(f"{args.id}: {path}")
     return 0
 
 

@@ -14,6 +14,9 @@ class AppConfig:
     language: str | None = None  # "zh" | "en"; None: from the system locale
     theme: str = "system"  # "light" | "dark" | "system"
     n_threads: int | None = None  # None: threads.default_threads()
+    # Where models are downloaded from: a mirror of the Hugging Face hub (e.g. https://hf-mirror.com
+    # in mainland China). None: HF_ENDPOINT from the environment, else huggingface.co.
+    hf_mirror: str | None = None
 
 
 def load_config() -> AppConfig:

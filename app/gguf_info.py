@@ -188,6 +188,31 @@ def _card(meta: dict) -> dict[str, str]:
     return known | found
 
 
+def _add_split_parts(path: Path, count: int, size: int, tensors: list) -> tuple[int, list]:
+    """A split GGUF (NAME-00001-of-0000N.gguf, as llama.cpp's gguf-split writes it) is one model:
+    the weights and parameters of all its parts count, and a missing part means it cannot load."""
+    from .hub import split_siblings
+
+    parts = split_siblings(path)
+    if len(parts) != count:
+        raise ModelFileError(f"{path}: part of a {count}-part split model; open its first part, "
+                             "NAME-00001-of-...gguf, with the other parts beside it")
+    tensors = list(tensors)
+    for part in parts[1:]:
+        if not part.exists():
+            raise ModelFileError(f"{path}: part {part.name} of this split model is missing")
+        try:
+            _, more, needed = _parse(part)
+        except Exception as err:
+            raise ModelFileError(f"{part}: truncated or corrupt GGUF header ({err})") from None
+        if needed > part.stat().st_size:
+            raise ModelFileError(f"{part}: truncated: tensor data needs {needed:,} bytes but the file has "
+                                 f"{part.stat().st_size:,}")
+        tensors += more
+        size += part.stat().st_size
+    return size, tensors
+
+
 def _read(path: Path) -> ModelInfo:
     if not path.exists():
         raise ModelFileError(f"{path}: no such model file")
@@ -212,6 +237,8 @@ def _read(path: Path) -> ModelInfo:
     arch = meta.get("general.architecture")
     if not arch:
         raise ModelFileError(f"{path}: missing general.architecture; not a model GGUF")
+    if int(meta.get("split.count", 1) or 1) > 1:
+        size, tensors = _add_split_parts(path, int(meta["split.count"]), size, tensors)
 
     def hp(key, default=0):
         value = meta.get(f"{arch}.{key}", default)

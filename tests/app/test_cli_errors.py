@@ -155,10 +155,10 @@ def test_non_gguf_file_shows_its_first_bytes_as_text(tmp_path):
     assert 'junk.gguf: not a GGUF file (starts with "hell"' in line and "b'" not in line, line
 
 
-def test_pull_of_a_hugging_face_entry_says_where_to_download_it():
+def test_pull_of_a_hugging_face_entry_without_a_network_names_the_way_out():
     entry = next(e for e in load_catalog().entries if e.source["type"] == "huggingface")
-    repo, file = entry.source["repo"], entry.source["file"]
-    line = _one_error_line(run_belle("models", "pull", entry.id))
-    assert f"https://huggingface.co/{repo}/resolve/{entry.source['revision']}/{file}" in line, line
-    assert f"Hugging Face repo {repo}" in line and f"`belle models import {file}`" in line, line
+    line = _one_error_line(run_belle("models", "pull", entry.id, env={"HF_ENDPOINT": "http://127.0.0.1:9"}))
+    assert "http://127.0.0.1:9: cannot reach the hub" in line, line
+    assert "HTTPS_PROXY" in line and "--mirror URL or HF_ENDPOINT" in line, line
+
 
