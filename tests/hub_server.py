@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -82,7 +83,7 @@ def _handler(hub: FakeHub):
         def do_GET(self):
             self._record()
             if self.path.startswith("/cdn/"):
-                self._bytes(self.path[len("/cdn/"):])
+                self._bytes(unquote(self.path[len("/cdn/"):]))
             else:
                 self._resolve()
 
@@ -99,7 +100,7 @@ def _handler(hub: FakeHub):
             parts = self.path.lstrip("/").split("/")
             if len(parts) < 5 or parts[2] != "resolve":
                 return self._error(404, "not found")
-            repo, file = "/".join(parts[:2]), "/".join(parts[4:])
+            repo, file = "/".join(parts[:2]), unquote("/".join(parts[4:]))
             if repo in hub.renamed:  # the hub redirects a renamed repo with a relative Location
                 self.send_response(307)
                 self.send_header("Location", "/" + "/".join([hub.renamed[repo], *parts[2:]]))
@@ -111,7 +112,7 @@ def _handler(hub: FakeHub):
             if served is None:
                 return self._error(404, "Entry not found")
             self.send_response(302)
-            self.send_header("Location", f"{hub.url}/cdn/{repo}/{file}")
+            self.send_header("Location", f"{hub.url}/cdn/{repo}/{quote(file)}")
             self.send_header("X-Repo-Commit", COMMIT)
             if not hub.hide_hash:
                 self.send_header("ETag", f'"{served.sha256}"')

@@ -191,6 +191,14 @@ def test_a_renamed_repo_is_followed(fake_hub, random_file):
     assert sha256(models.pull("hf:old-owner/old-name/m.gguf")) == served.sha256
 
 
+def test_the_address_of_a_file_page_works_too(fake_hub, random_file):
+    """People copy the file's address from the browser; its revision is the one asked for."""
+    served = fake_hub.add(REPO, "sub dir/m.gguf", random_file)
+    path = models.pull(f"https://huggingface.co/{REPO}/blob/v1.0/sub%20dir/m.gguf")
+    assert sha256(path) == served.sha256 and path.name == "m.gguf"
+    assert fake_hub.requests[0].path == f"/{REPO}/resolve/v1.0/sub%20dir/m.gguf"
+
+
 def _catalog_with(entry: CatalogEntry) -> Catalog:
     return Catalog(default="x", entries=(entry,))
 
