@@ -17,6 +17,10 @@ class CatalogEntry:
     file: str  # file name in the models folder
     size: int | None
     sha256: str | None
+    # True when this repository's offline tests fetch the file and check size and sha256 (the wheel on
+    # PyPI); False for hub entries, whose facts come from public listings (see notes) and are checked
+    # at download time instead.
+    offline_checked: bool
     license: str
     languages: tuple[str, ...]
     architecture: str
@@ -63,6 +67,7 @@ def load_catalog() -> Catalog:
         values.setdefault("size", None)
         values.setdefault("sha256", None)
         values.setdefault("min_ram_bytes", None)
+        values.setdefault("offline_checked", False)
         for key, default in (("license", "unknown"), ("architecture", "?"), ("params", "?"), ("quant", "?"),
                              ("context_length", 0), ("template", "gguf")):
             values.setdefault(key, default)

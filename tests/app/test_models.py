@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 
 import pytest
@@ -24,6 +25,12 @@ def test_catalog_lists_the_default_and_chinese_models():
     for e in cat.entries:
         if e.source["type"] == "huggingface":
             assert "/" in e.source["repo"] and e.source["file"].endswith(".gguf")
+            # facts this suite cannot check offline say so, and say where they came from
+            assert e.offline_checked is False and e.notes
+            if e.sha256 is not None:
+                assert re.fullmatch(r"[0-9a-f]{64}", e.sha256) and e.size > 0
+                assert re.fullmatch(r"[0-9a-f]{40}", e.source["revision"])  # a hash pins one commit
+    assert default.offline_checked  # the default model is fetched and checked by the suite's fixture
     with pytest.raises(CatalogError, match="unknown model id 'nope'.*smollm2-135m"):
         cat.get("nope")
 

@@ -205,7 +205,7 @@ def _catalog_with(entry: CatalogEntry) -> Catalog:
 
 def _entry(file: str, size: int, sha: str, min_ram: int | None = None) -> CatalogEntry:
     return CatalogEntry(id="test-model", name="Test Model", source={"type": "huggingface", "repo": REPO,
-                        "revision": COMMIT, "file": file}, file=file, size=size, sha256=sha, license="?",
+                        "revision": COMMIT, "file": file}, file=file, size=size, sha256=sha, offline_checked=False, license="?",
                         languages=("zh",), architecture="llama", params="?", quant="?", context_length=0,
                         template="gguf", min_ram_bytes=min_ram)
 
