@@ -5,6 +5,7 @@ and are renamed into place after the size and sha256 check, so an interrupted pu
 a file that looks usable. A small `NAME.verified` record lets a second pull skip re-hashing.
 """
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -219,10 +220,34 @@ def pull(model: str, progress: Progress | None = None, cancel: threading.Event |
             log.info("%s already present", model)
             return present
     plan = plan_pull(model, mirror, revision)
-    with _file_lock(plan.files[0].name):
+    with _file_lock(plan.files[0].name), _process_lock(plan.path):
         if on_plan:
             on_plan(plan)
         return _fetch(plan, progress, cancel)
+
+
+@contextlib.contextmanager
+def _process_lock(path: Path):
+    """Two belle processes appending to one partial file would corrupt it (the sha256 check would
+    then throw all of it away): the second is refused while the first runs. An flock is released by
+    the OS when its process dies, so a killed pull never leaves the file locked."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; the in-process lock and the sha256 check remain
+        yield
+        return
+    paths.ensure(path.parent)
+    lock_path = path.with_name(path.name + ".lock")
+    with open(lock_path, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise hub.DownloadError(f"{path.name}: another belle process is downloading it now; wait for it to "
+                                    "finish or stop it") from None
+        try:
+            yield
+        finally:
+            lock_path.unlink(missing_ok=True)
 
 
 def _fetch(plan: PullPlan, progress: Progress | None, cancel: threading.Event | None) -> Path:

@@ -94,11 +94,13 @@ def test_a_killed_pull_resumes_and_nothing_partial_is_listed(fake_hub, random_fi
         assert proc.poll() is None and time.monotonic() < deadline, "the download did not start"
         time.sleep(0.05)
     listed = run_belle("models", "list")
+    second = run_belle("models", "pull", f"hf:{REPO}/m.gguf")  # would append to the same partial file
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert "run `belle models pull" in err and "again to resume" in err
     assert "m.gguf" not in listed.stdout  # while downloading, the file is not a model yet
+    assert second.returncode == 1 and "another belle process is downloading it now" in second.stderr
     assert not (models_dir() / "m.gguf").exists()
     kept = part.stat().st_size
     assert 500_000 < kept < served.size
