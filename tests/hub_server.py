@@ -9,6 +9,8 @@ server, which serves the bytes with Range support, as the real hub's CDN does. F
 - ignore_range: answer every Range request with the whole file (200);
 - token: refuse (401) resolve requests without `Authorization: Bearer TOKEN`;
 - hide_hash: leave out ETag and X-Linked-Etag (a mirror that does not pass them on).
+It also works as an HTTP proxy for any host name: a request for an absolute URL is served as if
+that host were this server.
 Every request is recorded (method, path, Range, Authorization) for the tests to check.
 """
 
@@ -36,6 +38,7 @@ class Request:
     path: str
     range: str | None
     authorization: str | None
+    proxied: bool = False  # asked for as a proxy (an absolute URL in the request line)
 
 
 @dataclass
@@ -73,8 +76,11 @@ def _handler(hub: FakeHub):
             pass
 
         def _record(self):
+            proxied = self.path.startswith("http://")
+            if proxied:  # a proxy is asked for the absolute URL: serve it as if it were ours
+                self.path = "/" + self.path.split("/", 3)[3]
             hub.requests.append(Request(self.command, self.path, self.headers.get("Range"),
-                                        self.headers.get("Authorization")))
+                                        self.headers.get("Authorization"), proxied))
 
         def do_HEAD(self):
             self._record()

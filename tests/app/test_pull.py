@@ -294,3 +294,29 @@ def test_a_split_model_is_pulled_as_a_set_and_loads(fake_hub, default_model_path
     (tmp_path / "away.gguf").rename(models_dir() / parts[2].name)
     models.remove(first)
     assert not list(models_dir().glob("*.gguf"))
+
+
+def test_the_proxy_from_the_environment_is_used(fake_hub, random_file, monkeypatch):
+    served = fake_hub.add(REPO, "m.gguf", random_file)
+    # a hub name that does not resolve: only a proxy can reach it
+    monkeypatch.setenv("HF_ENDPOINT", "http://hub.belle-test.invalid")
+    monkeypatch.setenv("HTTP_PROXY", fake_hub.url)
+    monkeypatch.setenv("NO_PROXY", "")
+    result = run_belle("models", "pull", f"hf:{REPO}/m.gguf")
+    assert result.returncode == 0, result.stderr
+    assert sha256(models_dir() / "m.gguf") == served.sha256
+    assert fake_hub.requests and all(r.proxied for r in fake_hub.requests)
+
+
+def test_the_terminal_shows_speed_and_time_left(fake_hub, random_file):
+    import pexpect
+
+    fake_hub.add(REPO, "m.gguf", random_file)
+    fake_hub.delay_s = 0.03  # ~2 MB/s: a few seconds of progress bar
+    child = pexpect.spawn(BELLE[0], [*BELLE[1:], "models", "pull", f"hf:{REPO}/m.gguf"], cwd=str(ROOT),
+                          env=os.environ.copy(), dimensions=(24, 120), encoding="utf-8", timeout=60)
+    # tqdm: "m.gguf:  37%|███▋      | 1.18M/3.15M [00:00<00:01, 2.05MB/s]"
+    child.expect(r"m\.gguf: +\d+%\|.*\| [\d.]+M/3\.15M \[\d\d:\d\d<\d\d:\d\d, +[\d.]+[kM]B/s\]")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
