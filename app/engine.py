@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 
-from .errors import ContextOverflowError, ModelFileError, SettingsError
+from .errors import BelleError, ContextOverflowError, ModelFileError, SettingsError
 from .gguf_info import KNOWN_ARCHITECTURES, ModelInfo, read_model_info
 from .templates import ChatMessage, ChatTemplate, Piece, make_template, pick_template_name
 
@@ -114,15 +114,19 @@ class Reply:
     prompt is read, and keeps what was generated.
 
     With `continuation=True` the prompt ends inside an assistant message (Continue after a reply
-    was cut off) and the text goes on from there, leading whitespace included."""
+    was cut off) or is raw text (`Engine.complete`), and the text goes on from there, leading
+    whitespace included.
+
+    `stop`: the strings that end the reply (not included in its text); None means the template's."""
 
     def __init__(self, engine: "Engine", fit: Fit, sampling: Sampling, cancel: threading.Event | None,
-                 continuation: bool = False):
+                 continuation: bool = False, stop: tuple[str, ...] | None = None):
         self.engine = engine
         self.fit = fit
         self.sampling = sampling
         self.cancelled = cancel or threading.Event()
         self.continuation = continuation
+        self.stop = engine.template.stop if stop is None else tuple(s for s in stop if s)  # "" would stop at once
         self.text = ""
         self.stats = ReplyStats(prompt_tokens=len(fit.prompt_tokens), dropped_messages=len(fit.dropped))
         self.done = False
@@ -159,7 +163,7 @@ class Reply:
         llm, s, stats = self.engine.llm, self.sampling, self.stats
         tokens = self.fit.prompt_tokens
         llm.set_seed(s.seed if s.seed >= 0 else int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF)
-        stop_strings = self.engine.template.stop
+        stop_strings = self.stop
         n_ctx = self.engine.n_ctx
         hold = max((len(x) for x in stop_strings), default=0)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
@@ -369,11 +373,34 @@ class Engine:
             f"{reply_budget}); shorten it, lower max_tokens or raise n_ctx")
 
     def reply(self, history: list[ChatMessage], sampling: Sampling | None = None,
-              cancel: threading.Event | None = None, overflow: str = "truncate", prefix: str = "") -> Reply:
+              cancel: threading.Event | None = None, overflow: str = "truncate", prefix: str = "",
+              stop: tuple[str, ...] | list[str] = ()) -> Reply:
         """Start the next assistant message, or continue one that begins with `prefix` (its text
-        so far; `history` then ends before it)."""
+        so far; `history` then ends before it). `stop`: strings that end the reply besides the
+        template's own (an API client's `stop`)."""
         sampling = sampling or Sampling()
-        # Room kept free for the reply. Capped at half the context so a large max_tokens cannot
-        # push the whole history out; the reply then stops when the context is full.
-        budget = min(sampling.max_tokens, self.n_ctx // 2)
-        return Reply(self, self.fit(history, budget, overflow, prefix), sampling, cancel, continuation=bool(prefix))
+        return Reply(self, self.fit(history, _reply_budget(sampling, self.n_ctx), overflow, prefix), sampling, cancel,
+                     continuation=bool(prefix), stop=(*self.template.stop, *stop))
+
+    def complete(self, prompt: str, sampling: Sampling | None = None, cancel: threading.Event | None = None,
+                 stop: tuple[str, ...] | list[str] = ()) -> Reply:
+        """Continue raw text, no chat template (an API's /v1/completions). The prompt is tokenized
+        as plain text, so special-token text in it stays text, with BOS in front only when the
+        model's tokenizer asks for one; the reply keeps its leading whitespace (" Paris" after
+        "The capital of France is"). Only `stop` and the model's end-of-generation tokens end it."""
+        sampling = sampling or Sampling()
+        # add_bos=True is llama.cpp's add_special: it adds BOS only if the vocab says so
+        tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
+        if not tokens:
+            raise BelleError("the prompt is empty: there is nothing to continue")
+        budget = _reply_budget(sampling, self.n_ctx)
+        if len(tokens) + budget > self.n_ctx:
+            raise ContextOverflowError(f"the prompt needs {len(tokens)} tokens + {budget} for the reply, more than n_ctx "
+                                       f"{self.n_ctx}; shorten it, lower max_tokens or raise n_ctx")
+        return Reply(self, Fit([], [], tokens), sampling, cancel, continuation=True, stop=tuple(stop))
+
+
+def _reply_budget(sampling: Sampling, n_ctx: int) -> int:
+    """Room kept free for the reply. Capped at half the context so a large max_tokens cannot push
+    the whole history out; the reply then stops when the context is full."""
+    return min(sampling.max_tokens, n_ctx // 2)
