@@ -19,6 +19,7 @@ COMMANDS = {
     "ui": "belle.app.cli_ui",
     "models": "belle.app.cli_models",
     "bench": "belle.app.cli_bench",
+    "serve": "belle.app.cli_serve",
     "convert": "belle.quantize.cli_convert",
     "quantize": "belle.quantize.cli_quantize",
     "eval": "belle.quantize.cli_eval",

@@ -31,3 +31,16 @@ class ContextOverflowError(BelleError):
 
 class InputError(BelleError):
     """A data or text file the user gave is malformed (names file and line)."""
+
+
+class RequestError(BelleError):
+    """An API request to `belle serve` is malformed or asks for what the server cannot do. The
+    message names the field; `status` and `code` become the HTTP status and the OpenAI-style error."""
+
+    def __init__(self, message: str, status: int = 400, code: str | None = None, param: str | None = None,
+                 kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.param = param
+        self.kind = kind

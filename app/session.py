@@ -311,11 +311,11 @@ class ChatSession:
             raise BelleError("empty message: type something first")
         created = not self.saved
         if created:
-            self._save_conversation(_title_from(text))
+            self._save_conversation(title_from(text))
         parent = self.refresh().current_leaf
         user = self.store.add_message(self.id, parent, "user", text)
         if not self.conversation.title:
-            self.rename(_title_from(text))
+            self.rename(title_from(text))
         try:
             return self._reply_to(user, cancel)
         except BaseException:
@@ -402,6 +402,7 @@ def _check_template(name: str) -> None:
         raise SettingsError(f"unknown chat template '{name}' (choose from: auto, {', '.join(TEMPLATE_NAMES)})")
 
 
-def _title_from(text: str, limit: int = 40) -> str:
+def title_from(text: str, limit: int = 40) -> str:
+    """A conversation's title: its first message on one line, cut at `limit` characters."""
     line = " ".join(text.split())
     return line if len(line) <= limit else line[: limit - 1] + "…"
