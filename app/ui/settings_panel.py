@@ -1,11 +1,12 @@
 """Settings of the open conversation (system prompt, template, sampling, context size; saved with
-the conversation) and of the app (language, theme; saved in config.json), in one dialog."""
+the conversation) and of the app (language, theme, the Hugging Face mirror; saved in config.json),
+in one dialog."""
 
 from collections.abc import Callable
 
 import flet as ft
 
-from .. import paths
+from .. import hub, paths
 from ..config import AppConfig, save_config
 from ..errors import BelleError
 from ..template_data import TEMPLATE_NAMES
@@ -36,13 +37,17 @@ class SettingsPanel:
                                     options=[ft.DropdownOption(k, v) for k, v in LANGUAGES.items()])
         self.theme = ft.Dropdown(label=t("theme"), value=self.config.theme, options=[
             ft.DropdownOption(k, t(f"theme_{k}")) for k in ("system", "light", "dark")])
+        self.mirror = ft.TextField(label=t("hf_mirror"), value=self.config.hf_mirror or "", dense=True,
+                                   helper=t("hf_mirror_hint"), helper_max_lines=3, keyboard_type=ft.KeyboardType.URL)
         self.error = ft.Text("", color=ft.Colors.ERROR, visible=False)
+        self.app_error = ft.Text("", color=ft.Colors.ERROR, visible=False)
         content = ft.Column([
             ft.Text(t("settings"), weight=ft.FontWeight.BOLD), self.system, self.template,
             ft.Row(list(self.fields.values()), wrap=True),
             self.error,  # next to the fields it is about
             ft.Divider(),
             ft.Text(t("app_settings"), weight=ft.FontWeight.BOLD), ft.Row([self.language, self.theme], wrap=True),
+            self.mirror, self.app_error,
             ft.Text(t("data_folder"), size=12), ft.Text(str(paths.home()), size=12, selectable=True)], tight=True, scroll=ft.ScrollMode.AUTO, spacing=10)
         self.page.show_dialog(ft.AlertDialog(
             title=ft.Text(t("settings")), content=ft.Container(content, width=560),
@@ -51,6 +56,12 @@ class SettingsPanel:
 
     def save(self, e=None) -> None:
         session = self.state.ensure_session()
+        try:
+            mirror = self._mirror()
+        except BelleError as err:
+            self._show(self.app_error, error_text(err, self.t))
+            return
+        self.app_error.visible = False
         try:
             # every field checked before anything is changed: a wrong value changes nothing, and
             # the message names the field by its label, not by its internal name
@@ -62,15 +73,25 @@ class SettingsPanel:
             for name, value in values.items():
                 session.set_param(name, value)
         except BelleError as err:
-            self.error.value = error_text(err, self.t)
-            self.error.visible = True
-            self.page.update()
+            self._show(self.error, error_text(err, self.t))
             return
         app_changed = (self.language.value or None) != self.config.language or self.theme.value != self.config.theme
         self.config.language = self.language.value or None
         self.config.theme = self.theme.value or "system"
+        self.config.hf_mirror = mirror
         save_config(self.config)
         self.page.pop_dialog()
         self.state._set_branch()
         if app_changed:
             self.on_app_change()
+
+    def _mirror(self) -> str | None:
+        """The mirror as hub.endpoint() will use it (no trailing slash), None when the field is
+        empty; a value that is not an http(s) URL raises before anything is saved."""
+        value = (self.mirror.value or "").strip()
+        return hub.endpoint(value) if value else None
+
+    def _show(self, error: ft.Text, message: str) -> None:
+        error.value = message
+        error.visible = True
+        self.page.update()

@@ -26,13 +26,15 @@ def browser():
 
 @pytest.fixture
 def ui_server(belle_home, default_model_path, output_dir):
-    """Start the server; English labels unless a test rewrites config.json before calling it."""
+    """Start the server; English labels unless a test rewrites config.json before calling it.
+    `config`: more settings for config.json; `env`: more environment for the server (HF_ENDPOINT)."""
     servers = []
 
-    def start(language: str = "en", models_dir=None):
-        _write_config(belle_home, language=language)
+    def start(language: str = "en", models_dir=None, env: dict | None = None, config: dict | None = None):
+        _write_config(belle_home, language=language, **(config or {}))
         server = UIServer(output_dir / "server.log", env={
-            "BELLE_HOME": str(belle_home), "BELLE_MODELS_DIR": str(models_dir or default_model_path.parent)})
+            "BELLE_HOME": str(belle_home), "BELLE_MODELS_DIR": str(models_dir or default_model_path.parent),
+            **(env or {})})
         servers.append(server)
         return server
 
@@ -46,8 +48,9 @@ def app_page(browser, ui_server, output_dir):
     """open(width, height, language) -> a Playwright page on a fresh server; screenshots land in output_dir."""
     pages = []
 
-    def open_(width: int = 1280, height: int = 800, language: str = "en", models_dir=None):
-        server = ui_server(language, models_dir)
+    def open_(width: int = 1280, height: int = 800, language: str = "en", models_dir=None, env: dict | None = None,
+              config: dict | None = None):
+        server = ui_server(language, models_dir, env, config)
         page = open_app(browser, server.url, width, height)
         page.server = server
         pages.append(page)
