@@ -34,6 +34,15 @@ log = logging.getLogger(__name__)
 UPLOAD_URL_S = 24 * 3600  # how long a signed upload URL stays valid: a large model on a slow link takes a while
 
 
+def _field_and_button(field: ft.TextField, button: ft.Control) -> ft.Control:
+    """Side by side in the dialog on a desktop; on a phone the button goes under the field, which
+    keeps the whole width: beside the button its label wrapped into four lines."""
+    field.expand = False
+    return ft.ResponsiveRow([ft.Container(field, col={"xs": 12, "sm": 9}),
+                             ft.Container(button, col={"xs": 12, "sm": 3}, alignment=ft.Alignment.CENTER_RIGHT)],
+                            vertical_alignment=ft.CrossAxisAlignment.CENTER, spacing=10, run_spacing=6)
+
+
 class ModelPanel:
     def __init__(self, page: ft.Page, state: ChatState, t, on_loaded: Callable[[], None]):
         self.page, self.state, self.t, self.on_loaded = page, state, t, on_loaded
@@ -57,9 +66,9 @@ class ModelPanel:
             content=ft.Container(ft.Column([
                 ft.Text(t("free_ram", free=human_bytes(available_memory())), size=12),
                 self.rows,
-                ft.Row([self.path, ft.FilledButton(t("import"), on_click=lambda e: self.import_path())]),
+                _field_and_button(self.path, ft.FilledButton(t("import"), on_click=lambda e: self.import_path())),
                 ft.Row([ft.OutlinedButton(t("import_gguf"), icon=ft.Icons.FILE_OPEN, on_click=self.pick)]),
-                ft.Row([self.hub_ref, self.hub_button]),
+                _field_and_button(self.hub_ref, self.hub_button),
                 # the status stays a child of the column: inside a Row, Flutter web's accessibility
                 # tree lost its text once it changed after the download (seen in Chromium)
                 ft.Row([ft.Container(self.progress, expand=True), self.cancel_button],
@@ -69,8 +78,6 @@ class ModelPanel:
             actions=[ft.TextButton(t("close"), on_click=lambda e: page.pop_dialog())])
 
     def show(self) -> None:
-        # a phone: a shorter list leaves room under it for the download's progress and errors
-        self.rows.height = 240 if (self.page.width or 1024) < theme.NARROW else 360
         self.render()
         self.page.show_dialog(self.dialog)
 
@@ -83,13 +90,25 @@ class ModelPanel:
         n_ctx = self.state.session.settings.n_ctx if self.state.session else 4096
         controls: list[ft.Control] = [ft.Text(t("local_files"), weight=ft.FontWeight.BOLD)]
         heading = "local_files"
-        for row in model_rows(n_ctx):
+        rows = model_rows(n_ctx)
+        for row in rows:
             kind = "local_files" if row.local else "catalog" if not hub.is_ref(row.id) else "unfinished"
             if kind != heading:
                 heading = kind
                 controls.append(ft.Text(t(kind), weight=ft.FontWeight.BOLD))
             controls.append(self._row(row, current))
         self.rows.controls = controls
+        self.rows.height = self._list_height(len(controls) - len(rows), len(rows))
+
+    def _list_height(self, headings: int, rows: int) -> int:
+        """No taller than its rows, up to a limit: the space left under the list is where a
+        download's progress and a long error line show, and the dialog does not grow past the
+        screen (a phone: a lower limit, and names wrap onto more lines)."""
+        narrow = (self.page.width or 1024) < theme.NARROW
+        limit = 200 if narrow else 360
+        if self.open_cards:
+            return limit  # a card is several lines more than its row
+        return min(limit, headings * 24 + rows * (64 if narrow else 40))
 
     def _row(self, row: ModelRow, current: str) -> ft.Control:
         t = self.t

@@ -169,6 +169,13 @@ def test_download_cancel_mirror_resume_and_chat(app_page, fake_hub, tmp_path, ou
     wait_reply_done(page)
     assert last_reply()
     page.screenshot(path=output_dir / "reply.png")
+    # the same panel on a phone, for a person to look at
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.wait_for_timeout(1000)
+    button(page, "Models").click()
+    until(page, lambda: page.get_by_role("button", name="In use", exact=True).count() > 0, 20, "the panel on a phone")
+    page.wait_for_timeout(800)
+    page.screenshot(path=output_dir / "panel_phone.png")
 
 
 def test_corrupt_byte_is_refused_on_a_phone_in_chinese(app_page, fake_hub, tmp_path, output_dir):
@@ -195,3 +202,12 @@ def test_corrupt_byte_is_refused_on_a_phone_in_chinese(app_page, fake_hub, tmp_p
     page.locator('input[aria-label^="Hugging Face 镜像"]').wait_for(timeout=10000)
     page.wait_for_timeout(800)
     page.screenshot(path=output_dir / "settings_zh_phone.png")
+    # and on a desktop, for a person to look at: the settings, then the panel with its error line
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.wait_for_timeout(1000)
+    page.screenshot(path=output_dir / "settings_zh_desktop.png")
+    page.get_by_role("button", name="取消", exact=True).click()
+    button(page, "模型").click()
+    until(page, lambda: "sha256" in texts(page), 20, "the panel with its error")
+    page.wait_for_timeout(800)
+    page.screenshot(path=output_dir / "corrupt_zh_desktop.png")
