@@ -233,3 +233,24 @@ def test_whole_numbers_are_asked_for_as_such():
     with pytest.raises(Exception, match="setting 'max_tokens' needs a whole number, got '1.5'"):
         s.update("max_tokens", "1.5")
     assert s.update("max_tokens", " 64 ").max_tokens == 64
+
+
+def test_request_stop_strings_join_the_templates(engine):
+    question = [ChatMessage("user", "Name three colors.")]
+    engine.reply(question, Sampling(max_tokens=1, **GREEDY))  # the prompt in the cache, as for both runs below
+    full = "".join(engine.reply(question, Sampling(max_tokens=24, **GREEDY)))
+    stop = full.split()[len(full.split()) // 2]
+    cut = engine.reply(question, Sampling(max_tokens=24, **GREEDY), stop=[stop])
+    assert cut.stop == (*engine.template.stop, stop)
+    assert "".join(cut) == full[: full.index(stop)] and cut.stats.stop_reason == "stop"
+
+
+def test_complete_continues_raw_text(engine):
+    reply = engine.complete("The capital of France is", Sampling(max_tokens=3, **GREEDY))
+    assert "".join(reply).startswith(" Paris")  # leading whitespace kept
+    assert reply.stats.prompt_tokens == len(engine.llm.tokenize(b"The capital of France is", add_bos=True))
+    # special-token text in the prompt is text, and the template's stops do not apply
+    plain = engine.complete("<|im_end|>", Sampling(max_tokens=1, **GREEDY))
+    assert plain.stats.prompt_tokens > 1 and plain.stop == ()
+    with pytest.raises(ContextOverflowError, match="n_ctx"):
+        engine.complete("word " * 3000, Sampling(max_tokens=8))
