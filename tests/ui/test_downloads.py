@@ -58,7 +58,7 @@ def dead_endpoint() -> str:
 
 def open_panel(page, label: str = "Models") -> None:
     button(page, label).click()
-    wait_until(lambda: "Qwen2.5" in texts(page), 20, "the model panel's catalog")
+    until(page, lambda: "Qwen2.5" in texts(page), 20, "the model panel's catalog")
 
 
 def hub_download(page, ref: str, field: str = "Download from Hugging Face", click: bool = False,
@@ -82,13 +82,15 @@ def progress_line(page) -> tuple[int, int, float] | None:
     return (int(m[1]), int(m[2]), float(m[3])) if m else None
 
 
-def set_mirror(page, value: str, open_settings: bool = True) -> None:
+def set_mirror(page, value: str, open_settings: bool = True, max_tokens: str | None = None) -> None:
     if open_settings:
         button(page, "Chat settings").click()
-    field = page.locator('input[aria-label^="Hugging Face mirror"]')
-    field.wait_for(timeout=10000)
-    field.click()
-    field.fill(value)
+    fields = {"Hugging Face mirror": value, **({"Max tokens": max_tokens} if max_tokens else {})}
+    for label, text in fields.items():
+        field = page.locator(f'input[aria-label^="{label}"]')  # focused, a field's label has its hint too
+        field.wait_for(timeout=10000)
+        field.click()
+        field.fill(text)
     page.get_by_role("button", name="Save", exact=True).click()
 
 
@@ -106,7 +108,7 @@ def test_download_cancel_mirror_resume_and_chat(app_page, fake_hub, tmp_path, ou
 
     # HF_ENDPOINT leads nowhere: a one-line error, and the panel stays usable
     hub_download(page, REF)
-    wait_until(lambda: "cannot reach the hub" in texts(page), 20, "the network error in the panel")
+    until(page, lambda: "cannot reach the hub" in texts(page), 20, "the network error in the panel")
     page.wait_for_timeout(500)  # the next frame: the accessibility tree can be ahead of the paint
     page.screenshot(path=output_dir / "unreachable.png")
     assert not fake_hub.requests
@@ -114,12 +116,14 @@ def test_download_cancel_mirror_resume_and_chat(app_page, fake_hub, tmp_path, ou
 
     # the mirror setting: a bad URL is refused with its one-line error and not saved; a good one is
     set_mirror(page, "hf-mirror.com")
-    wait_until(lambda: "not an http(s) URL" in texts(page), 10, "the mirror setting's error")
+    until(page, lambda: "not an http(s) URL" in texts(page), 10, "the mirror setting's error")
     page.wait_for_timeout(500)
     page.screenshot(path=output_dir / "mirror_error.png")
     assert config().get("hf_mirror") is None
-    set_mirror(page, fake_hub.url + "/", open_settings=False)  # the dialog stayed open to fix it
-    wait_until(lambda: config().get("hf_mirror") == fake_hub.url, 10, "the mirror to be saved (without the /)")
+    # the dialog stayed open to fix it; a short reply budget too: the chat at the end only needs *a*
+    # reply, and on a busy 2-core machine 512 tokens can take minutes
+    set_mirror(page, fake_hub.url + "/", open_settings=False, max_tokens="24")
+    until(page, lambda: config().get("hf_mirror") == fake_hub.url, 10, "the mirror to be saved (without the /)")
 
     # ~10 s for the whole file: long enough to watch the line move and press Cancel half-way
     fake_hub.delay_s = 0.006
@@ -133,7 +137,7 @@ def test_download_cancel_mirror_resume_and_chat(app_page, fake_hub, tmp_path, ou
             seen.append(line)
         return len(seen) >= 2 and seen[-1][0] > seen[0][0] and seen[-1][0] >= 20
 
-    wait_until(moved, 30, "the progress line to move past 20 MB ('N MB of M MB · S MB/s')")
+    until(page, moved, 30, "the progress line to move past 20 MB ('N MB of M MB · S MB/s')")
     page.screenshot(path=output_dir / "downloading.png")
     total_mb = round(fake_hub.served.size / 1e6)
     assert all(line[1] == total_mb and line[2] > 0 for line in seen), seen
@@ -142,7 +146,7 @@ def test_download_cancel_mirror_resume_and_chat(app_page, fake_hub, tmp_path, ou
     page.mouse.move(1, 1)
 
     part = models_dir / (FILE + ".part")
-    wait_until(lambda: "Resume (" in texts(page), 20, "the row to offer Resume after Cancel")
+    until(page, lambda: "Resume (" in texts(page), 20, "the row to offer Resume after Cancel")
     kept = part.stat().st_size
     shown = percent(kept, fake_hub.served.size)
     assert 0 < kept < fake_hub.served.size
@@ -163,7 +167,7 @@ def test_download_cancel_mirror_resume_and_chat(app_page, fake_hub, tmp_path, ou
 
     # the new model is in the list: choose it and chat with it
     page.get_by_role("button", name="Use", exact=True).click()
-    wait_until(lambda: page.get_by_role("button", name="In use", exact=True).count() > 0, 30, "the model in use")
+    until(page, lambda: page.get_by_role("button", name="In use", exact=True).count() > 0, 30, "the model in use")
     page.get_by_role("button", name="Close", exact=True).click()
     send(page, "Say hi.")
     wait_reply_done(page)
@@ -188,10 +192,10 @@ def test_corrupt_byte_is_refused_on_a_phone_in_chinese(app_page, fake_hub, tmp_p
     page.output_dir = output_dir
     open_panel(page, "模型")
     hub_download(page, f"{fake_hub.url}/{REPO}/blob/main/{FILE}", field="从 Hugging Face 下载")  # the page's address
-    wait_until(lambda: progress_line(page), 30, "the progress line ('N MB / M MB · S MB/s')")
+    until(page, lambda: progress_line(page), 30, "the progress line ('N MB / M MB · S MB/s')")
     assert "剩余" in texts(page)
     page.screenshot(path=output_dir / "downloading_zh_phone.png")
-    wait_until(lambda: "sha256" in texts(page), 60, "the sha256 error")
+    until(page, lambda: "sha256" in texts(page), 60, "the sha256 error")
     page.wait_for_timeout(500)
     page.screenshot(path=output_dir / "corrupt_zh_phone.png")
     assert "corrupted on the way" in texts(page)
