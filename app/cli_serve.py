@@ -74,7 +74,12 @@ def run(args) -> int:
     from .config import load_config
     from .engine import Engine, LoadSettings
     from .server import ServeOptions, build_app
+    from .session import MAX_N_CTX, MIN_N_CTX
 
+    if not MIN_N_CTX <= args.n_ctx <= MAX_N_CTX:
+        raise BelleError(f"--n-ctx {args.n_ctx}: must be between {MIN_N_CTX} and {MAX_N_CTX}")
+    if args.threads is not None and args.threads < 1:
+        raise BelleError(f"--threads {args.threads}: must be at least 1")
     api_key = args.api_key or os.environ.get("BELLE_API_KEY") or None
     check_exposure(args.host, api_key)
     path = models.resolve(args.model)

@@ -236,22 +236,9 @@ _END = object()
 
 
 def _work(state: ServerState, job: Job, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> None:
-    """The reply's thread: generate, hand each piece to the event loop, then give the model back."""
+    """The reply's thread: generate, hand each piece to the event loop, then give the model back
+    (whatever happened: a model never given back would stall every later request)."""
     outcome = _END
-    try:
-        for piece in job.reply:
-            loop.call_soon_threadsafe(queue.put_nowait, piece)
-    except Exception as err:  # a bug or a llama.cpp failure: the client gets a 500, the server goes on
-        log.exception("%s: the reply failed", job.id)
-        outcome = _Failed(err)
-    s = job.reply.stats
-    log.info("%s: %s after %d tokens (prompt %d, %d from cache; %.1f tok/s)", job.id, s.stop_reason,
-             s.generated_tokens, s.prompt_tokens, s.cached_tokens, s.decode_tok_s)
-    if state.store is not None and job.history is not None:
-        try:
-            save_conversation(state, job)
-        except BelleError as err:
-            log.error("%s: could not save the conversation: %s", job.id, err)
 
     def finish() -> None:
         state.active.discard(job.reply)
@@ -259,9 +246,24 @@ def _work(state: ServerState, job: Job, loop: asyncio.AbstractEventLoop, queue: 
         queue.put_nowait(outcome)
 
     try:
-        loop.call_soon_threadsafe(finish)
-    except RuntimeError:
-        pass  # the event loop is closed: the server is gone and nobody waits
+        for piece in job.reply:
+            loop.call_soon_threadsafe(queue.put_nowait, piece)
+        s = job.reply.stats
+        log.info("%s: %s after %d tokens (prompt %d, %d from cache; %.1f tok/s)", job.id, s.stop_reason,
+                 s.generated_tokens, s.prompt_tokens, s.cached_tokens, s.decode_tok_s)
+    except Exception as err:  # a bug or a llama.cpp failure: the client gets a 500, the server goes on
+        log.exception("%s: the reply failed", job.id)
+        outcome = _Failed(err)
+    try:
+        if state.store is not None and job.history is not None:
+            save_conversation(state, job)
+    except Exception:  # the answer still goes out; the store's trouble is in the log
+        log.exception("%s: could not save the conversation", job.id)
+    finally:
+        try:
+            loop.call_soon_threadsafe(finish)
+        except RuntimeError:
+            pass  # the event loop is closed: the server is gone and nobody waits
 
 
 async def pieces(state: ServerState, job: Job) -> AsyncIterator[str]:

@@ -370,6 +370,8 @@ def test_non_loopback_host_needs_an_api_key(monkeypatch):
     assert r.returncode == 1
     assert r.stderr.startswith("belle: error: --host 0.0.0.0 can be reached from other machines: give --api-key")
     assert len(r.stderr.strip().splitlines()) == 1 and r.stdout == ""
+    r = run_belle("serve", "--n-ctx", "10", timeout=60)
+    assert r.returncode == 1 and r.stderr == "belle: error: --n-ctx 10: must be between 64 and 1048576\n"
 
 
 def test_a_port_in_use_is_a_one_line_error(default_model_path):
