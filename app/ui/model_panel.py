@@ -37,7 +37,6 @@ UPLOAD_URL_S = 24 * 3600  # how long a signed upload URL stays valid: a large mo
 def _field_and_button(field: ft.TextField, button: ft.Control) -> ft.Control:
     """Side by side in the dialog on a desktop; on a phone the button goes under the field, which
     keeps the whole width: beside the button its label wrapped into four lines."""
-    field.expand = False
     return ft.ResponsiveRow([ft.Container(field, col={"xs": 12, "sm": 9}),
                              ft.Container(button, col={"xs": 12, "sm": 3}, alignment=ft.Alignment.CENTER_RIGHT)],
                             vertical_alignment=ft.CrossAxisAlignment.CENTER, spacing=10, run_spacing=6)
@@ -53,8 +52,8 @@ class ModelPanel:
         self.error = ft.Text("", color=ft.Colors.ERROR, visible=False)
         self.progress = ft.ProgressBar(visible=False)
         self.status = ft.Text("", size=12)
-        self.path = ft.TextField(label=t("import_path"), dense=True, expand=True, on_submit=lambda e: self.import_path())
-        self.hub_ref = ft.TextField(label=t("hf_download"), hint_text=t("hf_hint"), dense=True, expand=True,
+        self.path = ft.TextField(label=t("import_path"), dense=True, on_submit=lambda e: self.import_path())
+        self.hub_ref = ft.TextField(label=t("hf_download"), hint_text=t("hf_hint"), dense=True,
                                     on_submit=lambda e: self.download_ref())
         self.hub_button = ft.FilledButton(t("download"), on_click=lambda e: self.download_ref())
         self.cancel_button = ft.OutlinedButton(t("cancel"), icon=ft.Icons.STOP_CIRCLE_OUTLINED, visible=False,
