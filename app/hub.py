@@ -202,7 +202,8 @@ def stat(repo: str, file: str, revision: str = "main", mirror: str | None = None
             headers, location = err.headers, err.headers.get("Location")
         except (urllib.error.URLError, OSError, HTTPException) as err:
             raise DownloadError(f"{base}: cannot reach the hub ({_network_reason(err)}); check the network, a proxy "
-                                "(HTTPS_PROXY) or use a mirror (--mirror URL or HF_ENDPOINT)") from None
+                                "(HTTPS_PROXY) or use a mirror of the hub (the app's mirror setting, --mirror URL "
+                                "or HF_ENDPOINT)") from None
         if location and not urllib.parse.urlsplit(location).netloc:
             url = urllib.parse.urljoin(url, location)
             continue
@@ -294,8 +295,8 @@ def download(remote: RemoteFile, part: Path, sha256: str | None, progress: Progr
             failures = 0 if state.have > before else failures + 1
             if failures >= MAX_FAILURES:
                 raise DownloadError(f"{remote.name}: the connection keeps failing ({_network_reason(err)}); "
-                                    f"{state.have:,} of {remote.size:,} bytes are kept: run the same command again "
-                                    "to resume") from None
+                                    f"{state.have:,} of {remote.size:,} bytes are kept: download it again to go on "
+                                    "from there") from None
             wait = 2 ** (failures - 1) if failures else 0
             log.warning("%s: connection lost at %d of %d bytes (%s); resuming%s", remote.name, state.have,
                         remote.size, _network_reason(err), f" in {wait} s" if wait else "")

@@ -268,8 +268,8 @@ def _fetch(plan: PullPlan, progress: Progress | None, cancel: threading.Event | 
             part.unlink(missing_ok=True)
             part.with_name(part.name + ".json").unlink(missing_ok=True)
             raise hub.DownloadError(f"{remote.name}: the downloaded bytes have sha256 {digest[:12]}…, expected "
-                                    f"{sha[:12]}… (corrupted on the way); the bad file was deleted: run the same "
-                                    "command again to download it anew")
+                                    f"{sha[:12]}… (corrupted on the way); the bad file was deleted: download it again "
+                                    "to fetch a good copy")
         if sha is None:
             log.warning("%s: the server gave no sha256 to check against; only the size was checked", remote.name)
         finished.append((part, final, digest))
