@@ -44,9 +44,10 @@ def ui_server(belle_home, default_model_path, output_dir):
 
 
 @pytest.fixture
-def app_page(browser, ui_server, output_dir):
+def app_page(browser, ui_server, output_dir, request):
     """open(width, height, language) -> a Playwright page on a fresh server; screenshots land in output_dir."""
     pages = []
+    request.node.belle_pages = (pages, output_dir)  # for the failure report below
 
     def open_(width: int = 1280, height: int = 800, language: str = "en", models_dir=None, env: dict | None = None,
               config: dict | None = None):
@@ -59,3 +60,31 @@ def app_page(browser, ui_server, output_dir):
     yield open_
     for page in pages:
         page.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """When a browser test fails, keep what the page showed and what the machine was busy with at
+    that moment (failed-*.png, failed.txt in its test-output folder): a UI test that fails once in
+    many runs must leave enough behind to find the cause."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed or not hasattr(item, "belle_pages"):
+        return
+    import subprocess
+
+    from .browser import texts
+
+    pages, output_dir = item.belle_pages
+    lines = [f"load average: {os.getloadavg()}"]
+    # top's second frame: CPU use over the last second (ps would show averages over each lifetime)
+    frames = subprocess.run(["top", "-b", "-c", "-n", "2", "-d", "1", "-w", "200"], capture_output=True,
+                            text=True).stdout.split("\ntop - ")
+    lines.append("\n".join(("top - " + frames[-1]).splitlines()[:30]))
+    for i, page in enumerate(pages):
+        try:
+            page.screenshot(path=output_dir / f"failed-{i}.png", timeout=10000)
+            lines += [f"--- page {i} text:", texts(page)]
+        except Exception as err:  # a page that hangs is itself the finding
+            lines.append(f"--- page {i}: no screenshot or text ({err})")
+    (output_dir / "failed.txt").write_text("\n".join(lines))
