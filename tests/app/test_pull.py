@@ -3,6 +3,7 @@ Hugging Face download protocol and cuts connections, sends wrong bytes, ignores 
 
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -99,7 +100,8 @@ def test_a_killed_pull_resumes_and_nothing_partial_is_listed(fake_hub, random_fi
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert "run `belle models pull" in err and "again to resume" in err
-    assert "m.gguf" not in listed.stdout  # while downloading, the file is not a model yet
+    assert "m.gguf" not in listed.stdout.replace(f"hf:{REPO}/m.gguf", "")  # not a model yet, only a partial row
+    assert re.search(rf"hf:{REPO}/m\.gguf +3\.15 MB +partial \d+% \(pull again to resume\)", listed.stdout), listed.stdout
     assert second.returncode == 1 and "another belle process is downloading it now" in second.stderr
     assert not (models_dir() / "m.gguf").exists()
     kept = part.stat().st_size
@@ -149,9 +151,14 @@ def test_cancel_keeps_the_partial_file_for_later_and_nothing_usable(fake_hub, ra
     assert not (models_dir() / "m.gguf").exists() and models.list_local() == []
     kept = hub.partial_bytes(models_dir() / "m.gguf.part")
     assert kept > 1_000_000
+    [unfinished] = models.unfinished_downloads()
+    assert (unfinished.ref, unfinished.have, unfinished.commit) == (f"hf:{REPO}/m.gguf", kept, COMMIT)
     plans = []
     path = models.pull(f"hf:{REPO}/m.gguf", on_plan=plans.append)
     assert plans[0].have == kept and plans[0].total == served.size
+    # no revision asked for: it goes on at the commit it began at, not at whatever main is now
+    heads = [r.path for r in fake_hub.requests if r.method == "HEAD"]
+    assert heads == [f"/{REPO}/resolve/main/m.gguf", f"/{REPO}/resolve/{COMMIT}/m.gguf"]
     assert fake_hub.ranges()[-1] == f"bytes={kept}-" and sha256(path) == served.sha256
 
 
