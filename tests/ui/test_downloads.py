@@ -76,10 +76,12 @@ def hub_download(page, ref: str, field: str = "Download from Hugging Face", clic
         box.press("Enter")
 
 
-def progress_line(page) -> tuple[int, int, float] | None:
-    """(MB done, MB in all, speed) from the progress line on screen, or None."""
-    m = PROGRESS_RE.search(texts(page))
-    return (int(m[1]), int(m[2]), float(m[3])) if m else None
+def progress_line(page) -> tuple[int, int, float, str] | None:
+    """(MB done, MB in all, speed, the whole text it was read from) from the progress line on
+    screen, or None. Checks on the line use that same text: the page may have moved on since."""
+    text = texts(page)
+    m = PROGRESS_RE.search(text)
+    return (int(m[1]), int(m[2]), float(m[3]), text) if m else None
 
 
 def set_mirror(page, value: str, open_settings: bool = True, max_tokens: str | None = None) -> None:
@@ -125,23 +127,24 @@ def test_download_cancel_mirror_resume_and_chat(app_page, fake_hub, tmp_path, ou
     set_mirror(page, fake_hub.url + "/", open_settings=False, max_tokens="24")
     until(page, lambda: config().get("hf_mirror") == fake_hub.url, 10, "the mirror to be saved (without the /)")
 
-    # ~10 s for the whole file: long enough to watch the line move and press Cancel half-way
-    fake_hub.delay_s = 0.006
+    # ~15 s for the whole file: long enough to watch the line move and press Cancel well before the
+    # end, even on a busy machine (the progress check is done by 20 MB, ~3 s in)
+    fake_hub.delay_s = 0.01
     open_panel(page)
     hub_download(page, REF, click=True)
     seen = []
 
     def moved():
         line = progress_line(page)
-        if line and (not seen or line != seen[-1]):
+        if line and (not seen or line[:3] != seen[-1][:3]):
             seen.append(line)
         return len(seen) >= 2 and seen[-1][0] > seen[0][0] and seen[-1][0] >= 20
 
     until(page, moved, 30, "the progress line to move past 20 MB ('N MB of M MB · S MB/s')")
     page.screenshot(path=output_dir / "downloading.png")
     total_mb = round(fake_hub.served.size / 1e6)
-    assert all(line[1] == total_mb and line[2] > 0 for line in seen), seen
-    assert "left" in texts(page)
+    assert all(line[1] == total_mb and line[2] > 0 for line in seen), [line[:3] for line in seen]
+    assert "left" in seen[-1][3]
     page.get_by_role("button", name="Cancel", exact=True).click()
     page.mouse.move(1, 1)
 
@@ -186,14 +189,14 @@ def test_corrupt_byte_is_refused_on_a_phone_in_chinese(app_page, fake_hub, tmp_p
     models_dir = tmp_path / "models"
     models_dir.mkdir()
     fake_hub.corrupt_at = fake_hub.served.size // 2
-    fake_hub.delay_s = 0.002  # a few seconds: the progress is on screen long enough for a screenshot
+    fake_hub.delay_s = 0.004  # ~6 s: the progress is on screen long enough for a screenshot
     page = app_page(390, 844, language="zh", models_dir=models_dir, config=CONFIG,
                     env={"HF_ENDPOINT": fake_hub.url, **NO_PROXY})
     page.output_dir = output_dir
     open_panel(page, "模型")
     hub_download(page, f"{fake_hub.url}/{REPO}/blob/main/{FILE}", field="从 Hugging Face 下载")  # the page's address
-    until(page, lambda: progress_line(page), 30, "the progress line ('N MB / M MB · S MB/s')")
-    assert "剩余" in texts(page)
+    line = until(page, lambda: progress_line(page), 30, "the progress line ('N MB / M MB · S MB/s')")
+    assert "剩余" in line[3]
     page.screenshot(path=output_dir / "downloading_zh_phone.png")
     until(page, lambda: "sha256" in texts(page), 60, "the sha256 error")
     page.wait_for_timeout(500)
