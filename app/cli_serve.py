@@ -67,7 +67,12 @@ def check_exposure(host: str, api_key: str | None) -> None:
 def run(args) -> int:
     import logging
 
-    import uvicorn
+    try:
+        import fastapi  # noqa: F401  (imported by .server; checked here for a clear message)
+        import uvicorn
+    except ImportError as err:
+        raise BelleError(f"belle serve needs the 'serve' extra ({err.name} is not installed): "
+                         "pip install 'belle[serve]'") from None
 
     from .catalog import load_catalog
     from .chat_store import ChatStore

@@ -33,8 +33,8 @@ fi
 
 [ -x "$VENV/bin/python" ] || { say "creating $VENV"; "$PY" -m venv "$VENV"; }
 
-extras="ui"
-[ "$DEV" = 1 ] && extras="ui,quantize,train,dev"
+extras="ui,serve"
+[ "$DEV" = 1 ] && extras="ui,serve,quantize,train,dev"
 # Re-install only when pyproject.toml or the extras changed.
 stamp="$VENV/.belle-installed-$(cat pyproject.toml | sha256sum | cut -c1-16)-${extras//,/-}"
 if [ ! -f "$stamp" ]; then
