@@ -191,7 +191,9 @@ def test_two_clients_at_once_both_complete(server):
     def run(name: str, question: str) -> None:
         try:
             pieces, finish = [], None
-            for chunk in chat(server.client(), question, max_tokens=16, stream=True, **GREEDY):
+            # long enough (~2 s each here) that a /v1/models answered at once lands well inside
+            # the replies, however the machine is scheduled; short replies made that a race
+            for chunk in chat(server.client(), question, max_tokens=128, stream=True, **GREEDY):
                 for choice in chunk.choices:
                     if choice.delta.content:
                         pieces.append(choice.delta.content)
