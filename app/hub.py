@@ -278,6 +278,13 @@ def unfinished(folder: Path) -> list[Unfinished]:
     return [u for u in found if u.have]
 
 
+def forget(part: Path) -> None:
+    """Remove a partial download and its record (bytes that failed the check, or a file that has
+    been put in place)."""
+    part.unlink(missing_ok=True)
+    _state_path(part).unlink(missing_ok=True)
+
+
 def partial_bytes(part: Path) -> int:
     """Bytes already fetched into a partial download (0 when there is none)."""
     try:

@@ -124,7 +124,6 @@ class PullPlan:
     """What a pull of a hub model will fetch, known before the first byte: shown to the user (size,
     what is already here, a RAM warning) by the CLI and the UI."""
     id: str  # the catalog id or the hf: reference asked for
-    entry: CatalogEntry | None
     files: list[hub.RemoteFile]  # one, or every part of a split GGUF (the first part names the set)
     sha256: list[str | None]  # what each file must hash to: the catalog's pin, else the hub's LFS hash
     folder: Path
@@ -200,8 +199,8 @@ def plan_pull(model: str, mirror: str | None = None, revision: str | None = None
     have += sum(f.size for f in files if _is_verified(folder / f.name, None))
     total = sum(f.size for f in files)
     need = entry.min_ram_bytes if entry and entry.min_ram_bytes else int(total * 1.1) + 300_000_000
-    return PullPlan(entry.id if entry and not hub.is_ref(model) else model, entry, files, hashes, folder,
-                    have, _ram_warning(entry.name if entry else files[0].name, need))
+    return PullPlan(entry.id if entry and not hub.is_ref(model) else model, files, hashes, folder, have,
+                    _ram_warning(entry.name if entry else files[0].name, need))
 
 
 def pull(model: str, progress: Progress | None = None, cancel: threading.Event | None = None,
@@ -268,8 +267,7 @@ def _fetch(plan: PullPlan, progress: Progress | None, cancel: threading.Event | 
         part = _part(final)
         digest = hub.download(remote, part, sha, progress, cancel, done, plan.total)
         if sha is not None and digest != sha:
-            part.unlink(missing_ok=True)
-            part.with_name(part.name + ".json").unlink(missing_ok=True)
+            hub.forget(part)
             raise hub.DownloadError(f"{remote.name}: the downloaded bytes have sha256 {digest[:12]}…, expected "
                                     f"{sha[:12]}… (corrupted on the way); the bad file was deleted: download it again "
                                     "to fetch a good copy")
@@ -280,7 +278,7 @@ def _fetch(plan: PullPlan, progress: Progress | None, cancel: threading.Event | 
     # The first part names the model: it is put in place last, so an incomplete set never shows up.
     for part, final, digest in reversed(finished):
         os.replace(part, final)
-        part.with_name(part.name + ".json").unlink(missing_ok=True)
+        hub.forget(part)  # its record
         _write_record(final, digest)
     return plan.path
 

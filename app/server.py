@@ -468,6 +468,17 @@ def build_app(engine: Engine, options: ServeOptions, store: ChatStore | None = N
         except BelleError as err:
             raise RequestError(str(err)) from None
 
+    async def whole_answer(job: Job, request: Request, kind: str, choice: Callable[[str], dict]) -> dict:
+        """A non-streaming answer: the whole reply in one choice (`choice(text)` gives its content)."""
+        text = await run_to_end(state, job, request.receive)
+        if failed := _ended_badly(state, job):
+            raise failed
+        return {"id": job.id, "object": kind, "created": job.created, "model": options.model_id,
+                "system_fingerprint": None,
+                "choices": [{"index": 0, **choice(text), "logprobs": None,
+                             "finish_reason": finish_reason(job.reply.stats.stop_reason)}],
+                "usage": usage(job.reply)}
+
     def stream_flags(body: dict) -> tuple[bool, bool]:
         stream = bool(body.get("stream"))
         include_usage = bool(stream and (body.get("stream_options") or {}).get("include_usage"))
@@ -490,14 +501,8 @@ def build_app(engine: Engine, options: ServeOptions, store: ChatStore | None = N
             events = _stream_events(state, job, frame, {"delta": {"role": "assistant", "content": ""}},
                                     lambda text: {"delta": {"content": text}}, {"delta": {}}, include_usage)
             return EventStream(job, events)
-        text = await run_to_end(state, job, request.receive)
-        if failed := _ended_badly(state, job):
-            raise failed
-        return {"id": job.id, "object": "chat.completion", "created": job.created, "model": options.model_id,
-                "system_fingerprint": None,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                             "finish_reason": finish_reason(reply.stats.stop_reason)}],
-                "usage": usage(reply)}
+        return await whole_answer(job, request, "chat.completion",
+                                  lambda text: {"message": {"role": "assistant", "content": text}})
 
     @v1.post("/completions")
     async def completions(request: Request):
@@ -522,14 +527,7 @@ def build_app(engine: Engine, options: ServeOptions, store: ChatStore | None = N
             events = _stream_events(state, job, frame, None, lambda text: {"text": text, "logprobs": None},
                                     {"text": "", "logprobs": None}, include_usage)
             return EventStream(job, events)
-        text = await run_to_end(state, job, request.receive)
-        if failed := _ended_badly(state, job):
-            raise failed
-        return {"id": job.id, "object": "text_completion", "created": job.created, "model": options.model_id,
-                "system_fingerprint": None,
-                "choices": [{"index": 0, "text": text, "logprobs": None,
-                             "finish_reason": finish_reason(reply.stats.stop_reason)}],
-                "usage": usage(reply)}
+        return await whole_answer(job, request, "text_completion", lambda text: {"text": text})
 
     @v1.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
     async def unknown(request: Request, path: str):
