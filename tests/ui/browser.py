@@ -59,17 +59,35 @@ class UIServer:
         self.log.close()
 
 
-def open_app(browser, url: str, width: int = 1280, height: int = 800):
-    """A new page on the app with the accessibility tree switched on."""
-    page = browser.new_page(viewport={"width": width, "height": height})
+# Clicks the accessibility placeholder the moment Flutter inserts it, in the page itself: the app
+# focuses its message box as soon as it is built, and a text field that gets the focus before the
+# accessibility tree is on is edited through a hidden <textarea> of Flutter's own for the rest of
+# the page's life, so filling the field's accessible <textarea> would type into nothing. A click
+# sent from the test arrives too late on a busy machine.
+SEMANTICS_AT_START = """
+new MutationObserver((_, observer) => {
+    const placeholder = document.querySelector('flt-semantics-placeholder');
+    if (placeholder) {
+        observer.disconnect();
+        placeholder.click();
+    }
+}).observe(document, {childList: true, subtree: true});
+"""
+
+
+def open_app(browser, url: str, width: int = 1280, height: int = 800, new_session: bool = False):
+    """A new page on the app with the accessibility tree switched on; `new_session`: in a browser
+    context of its own (a fresh profile, so a new Flet session)."""
+    viewport = {"width": width, "height": height}
+    page = browser.new_context(viewport=viewport).new_page() if new_session else browser.new_page(viewport=viewport)
+    page.add_init_script(SEMANTICS_AT_START)  # on every load of this page, reloads too
     page.goto(url)
     enable_semantics(page)
     return page
 
 
 def enable_semantics(page, timeout_s: float = 60) -> None:
-    page.wait_for_selector("flt-semantics-placeholder", state="attached", timeout=timeout_s * 1000)
-    page.evaluate("document.querySelector('flt-semantics-placeholder').click()")
+    """Wait for the accessibility tree (switched on by SEMANTICS_AT_START)."""
     page.wait_for_selector("flt-semantics", state="attached", timeout=timeout_s * 1000)
 
 
@@ -142,6 +160,27 @@ def tile(page, title: str):
 
 def composer(page):
     return page.locator("textarea").last
+
+
+def type_into(field, text: str, timeout_s: float = 30) -> None:
+    """Click a text field, wait until Flutter edits it, then fill it.
+
+    The click focuses the <input> at once, but Flutter takes it over for editing a frame or more
+    later: only then does it listen to the element, and it writes its own value into it. Text
+    filled before that is lost or lands after the old value ("0.7" + "0.2" = "0.70.2"), which a
+    busy machine makes likely. While Flutter edits an element it cancels the mouse events on it
+    (so the browser does not move the caret itself): a cancelable mousemove dispatched on the
+    element reports whether that handler is attached, whatever the field's history."""
+    field.wait_for(timeout=timeout_s * 1000)
+    field.click()
+    deadline = time.monotonic() + timeout_s
+    while not field.evaluate(
+            "(e) => document.activeElement === e && !e.dispatchEvent(new MouseEvent('mousemove', {cancelable: true}))"):
+        if time.monotonic() > deadline:
+            focused = field.evaluate("() => document.activeElement && document.activeElement.outerHTML.slice(0, 200)")
+            raise AssertionError(f"Flutter did not take over the text field within {timeout_s} s; focused: {focused}")
+        time.sleep(0.05)
+    field.fill(text)
 
 
 def texts(page) -> str:

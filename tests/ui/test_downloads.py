@@ -13,7 +13,7 @@ from belle.app import paths
 from belle.app.ui.downloads import percent
 from tests.hub_server import start_hub
 
-from .browser import button, free_port, texts
+from .browser import button, free_port, texts, type_into
 from .test_e2e import send, visible, wait_reply_done, wait_until, last_reply
 
 pytestmark = pytest.mark.slow
@@ -66,9 +66,7 @@ def hub_download(page, ref: str, field: str = "Download from Hugging Face", clic
     """Type the reference and press Enter, or the Download button beside the field (the panel's
     last "Download": the catalog rows' come before it)."""
     box = page.locator(f'input[aria-label^="{field}"]')  # focused, the field's label has its hint too
-    box.wait_for(timeout=10000)
-    box.click()
-    box.fill(ref)
+    type_into(box, ref)
     if click:
         page.get_by_role("button", name=button_text, exact=True).last.click()
         page.mouse.move(1, 1)  # a tooltip left showing under the pointer would take the next click
@@ -89,10 +87,7 @@ def set_mirror(page, value: str, open_settings: bool = True, max_tokens: str | N
         button(page, "Chat settings").click()
     fields = {"Hugging Face mirror": value, **({"Max tokens": max_tokens} if max_tokens else {})}
     for label, text in fields.items():
-        field = page.locator(f'input[aria-label^="{label}"]')  # focused, a field's label has its hint too
-        field.wait_for(timeout=10000)
-        field.click()
-        field.fill(text)
+        type_into(page.locator(f'input[aria-label^="{label}"]'), text)  # focused, a label has its hint too
     page.get_by_role("button", name="Save", exact=True).click()
 
 
