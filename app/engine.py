@@ -6,6 +6,8 @@ Design points (measured on a 2-core machine with SmolLM2-135M and a 7B-shaped Q4
   same tokens. We keep one Llama per loaded model and tokenize deterministically.
 - use_mmap=False on CPU: with mmap the CPU backend repacks weights into a second copy while the
   mapped pages stay resident (7B Q4_0: 8.5 GB peak vs 4.9 GB, same speed).
+- On a phone (device.is_phone) settings left unset take the phone's values instead: few threads,
+  a small batch, mmap on (see device.py).
 """
 
 import codecs
@@ -67,9 +69,11 @@ class Sampling:
 @dataclass
 class LoadSettings:
     n_ctx: int = 4096
-    n_threads: int | None = None  # None: threads.default_threads() (physical cores for decoding)
+    n_threads: int | None = None  # decoding; None: physical cores (threads.default_threads), a phone's few
+    n_threads_batch: int | None = None  # prompt reading; None: n_threads if given, else every core, a phone's few
+    n_batch: int | None = None  # None: llama-cpp-python's 512; a phone's 64
     n_gpu_layers: int = 0
-    use_mmap: bool | None = None  # None: off on CPU, on when layers are offloaded
+    use_mmap: bool | None = None  # None: off on CPU, on when layers are offloaded or on a phone
     template: str | None = None  # None/"auto": from the model's metadata
 
 
@@ -270,15 +274,8 @@ class Engine:
 
         if settings.n_ctx < 64:
             raise SettingsError(f"n_ctx must be at least 64, got {settings.n_ctx}")
-        use_mmap = settings.use_mmap if settings.use_mmap is not None else settings.n_gpu_layers != 0
         kwargs = dict(model_path=str(path), n_ctx=settings.n_ctx, n_gpu_layers=settings.n_gpu_layers,
-                      use_mmap=use_mmap, verbose=logging.getLogger("llama_cpp").isEnabledFor(logging.DEBUG))
-        if settings.n_threads:
-            kwargs.update(n_threads=settings.n_threads, n_threads_batch=settings.n_threads)
-        else:  # llama-cpp-python's own default is cpu_count // 2: one thread on a 2-core machine
-            from .threads import default_threads
-
-            kwargs["n_threads"], kwargs["n_threads_batch"] = default_threads()
+                      verbose=logging.getLogger("llama_cpp").isEnabledFor(logging.DEBUG), **_tuning(settings))
         try:
             llm = llama_cpp.Llama(**kwargs)
         except (ValueError, RuntimeError, OSError) as err:
@@ -289,7 +286,8 @@ class Engine:
         requested = settings.template if settings.template not in (None, "auto") else None
         name = pick_template_name(info.chat_template, requested or (catalog_template if catalog_template != "gguf" else None))
         template = make_template(name, info.chat_template, info.bos_token, info.eos_token)
-        log.info("loaded %s (%s, n_ctx=%d, mmap=%s, template=%s)", path, info.architecture, settings.n_ctx, use_mmap, name)
+        log.info("loaded %s (%s, n_ctx=%d, mmap=%s, threads=%d/%d, n_batch=%d, template=%s)", path, info.architecture,
+                 settings.n_ctx, kwargs["use_mmap"], llm.n_threads, llm.n_threads_batch, llm.n_batch, name)
         return cls(llm, info, settings, template)
 
     def close(self) -> None:
@@ -398,6 +396,31 @@ class Engine:
             raise ContextOverflowError(f"the prompt needs {len(tokens)} tokens + {budget} for the reply, more than n_ctx "
                                        f"{self.n_ctx}; shorten it, lower max_tokens or raise n_ctx")
         return Reply(self, Fit([], [], tokens), sampling, cancel, continuation=True, stop=tuple(stop))
+
+
+def _tuning(settings: LoadSettings) -> dict:
+    """Threads, batch and mmap for llama_cpp.Llama: what the settings say, else the phone's values on
+    a phone, else the desktop defaults (llama-cpp-python's own thread default is cpu_count // 2: one
+    thread on a 2-core machine)."""
+    from .device import phone_load
+    from .threads import default_threads
+
+    phone = phone_load()  # None on a desktop
+    if settings.n_threads:
+        threads = settings.n_threads, settings.n_threads_batch or settings.n_threads
+    elif phone:
+        threads = phone.n_threads, phone.n_threads_batch
+    else:
+        threads = default_threads()
+    if settings.use_mmap is not None:
+        use_mmap = settings.use_mmap
+    else:
+        use_mmap = phone.use_mmap if phone else settings.n_gpu_layers != 0
+    tuning = dict(n_threads=threads[0], n_threads_batch=settings.n_threads_batch or threads[1], use_mmap=use_mmap)
+    n_batch = settings.n_batch or (phone.n_batch if phone else None)
+    if n_batch:
+        tuning["n_batch"] = n_batch
+    return tuning
 
 
 def _reply_budget(sampling: Sampling, n_ctx: int) -> int:

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import psutil
 
+from . import device
 from .gguf_info import ModelInfo, RamEstimate, estimate_ram, human_bytes
 
 TIGHT_MARGIN = 0.8  # above 80% of available memory the OS starts paging on most machines
@@ -26,8 +27,21 @@ def available_memory() -> int:
     return psutil.virtual_memory().available
 
 
+def estimate_need(info: ModelInfo, n_ctx: int) -> RamEstimate:
+    """The estimate for the way this device loads models: a phone reads prompts in small batches
+    (less compute buffer) but pays for the interpreter and llama-cpp-python's logits array, counted
+    as compute (see device.py)."""
+    if not device.is_phone():
+        return estimate_ram(info, n_ctx)
+    est = estimate_ram(info, n_ctx, n_batch=device.PHONE_N_BATCH)
+    extra = device.python_overhead(info.n_vocab)
+    return RamEstimate(est.weights, est.kv_cache, est.compute + extra, est.total + extra)
+
+
 def check_fit(info: ModelInfo, n_ctx: int, available: int | None = None) -> FitCheck:
-    est = estimate_ram(info, n_ctx)
+    """Against the memory available now (free plus reclaimable cache), never the total: on a phone
+    the other apps hold much of it."""
+    est = estimate_need(info, n_ctx)
     available = available_memory() if available is None else available
     if est.total > available:
         verdict = "wont_fit"

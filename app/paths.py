@@ -1,4 +1,5 @@
-"""Where belle keeps its files. BELLE_HOME overrides everything (tests give each test its own)."""
+"""Where belle keeps its files. BELLE_HOME overrides everything (tests give each test its own); a
+Flet-built app (the phone build) keeps them in its own data folder."""
 
 import errno
 import os
@@ -11,13 +12,17 @@ from .errors import BelleError
 
 
 def home() -> Path:
-    env = os.environ.get("BELLE_HOME")
-    if env:
-        path = Path(env).expanduser()
-        # Caught here once, or every command fails later with a confusing "Not a directory".
-        if path.exists() and not path.is_dir():
-            raise BelleError(f"BELLE_HOME={env}: is a file, not a folder; point BELLE_HOME at a folder")
-        return path
+    """BELLE_HOME when set; else the durable data folder Flet gives a built app (a phone, a packaged
+    desktop app: FLET_APP_STORAGE_DATA, kept and backed up by the OS, unlike its cache or temp
+    folders); else the platform's user data folder."""
+    for var in ("BELLE_HOME", "FLET_APP_STORAGE_DATA"):
+        env = os.environ.get(var)
+        if env:
+            path = Path(env).expanduser()
+            # Caught here once, or every command fails later with a confusing "Not a directory".
+            if path.exists() and not path.is_dir():
+                raise BelleError(f"{var}={env}: is a file, not a folder; point {var} at a folder")
+            return path
     return Path(platformdirs.user_data_dir("belle", appauthor=False))
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import models
+from . import device, models
 from .catalog import load_catalog
 from .chat_store import ChatStore, Conversation, Message
 from .engine import Engine, LoadSettings, Reply, Sampling
@@ -32,16 +32,22 @@ OVERFLOW_POLICIES = ("truncate", "refuse")
 DEFAULT_N_CTX = 4096
 
 
+def default_n_ctx() -> int:
+    """A new conversation's context size: smaller on a phone, whose KV cache competes with every
+    other app for memory."""
+    return device.PHONE_N_CTX if device.is_phone() else DEFAULT_N_CTX
+
+
 @dataclass
 class ConversationSettings:
     """What a conversation remembers besides its messages (stored as JSON in the store)."""
     sampling: Sampling = field(default_factory=Sampling)
-    n_ctx: int = DEFAULT_N_CTX
+    n_ctx: int = field(default_factory=default_n_ctx)
     overflow: str = "truncate"
 
     @classmethod
     def from_dict(cls, data: dict) -> "ConversationSettings":
-        return cls(Sampling.from_dict(data.get("sampling")), int(data.get("n_ctx", DEFAULT_N_CTX)),
+        return cls(Sampling.from_dict(data.get("sampling")), int(data.get("n_ctx", default_n_ctx())),
                    data.get("overflow", "truncate"))
 
     def as_dict(self) -> dict:

@@ -75,6 +75,12 @@ def _performance_cores() -> int | None:
     return None
 
 
+def performance_cores() -> int | None:
+    """The big cores of a phone or hybrid laptop CPU, or None where all cores are alike or the
+    system does not say (device.phone_load caps a phone's threads by it)."""
+    return _performance_cores()
+
+
 def physical_cores() -> int:
     """Physical (performance) cores, never more than the logical CPUs this process may use; the
     logical count where the platform does not say (psutil returns None)."""
