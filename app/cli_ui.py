@@ -1,7 +1,7 @@
 """`belle ui`: the chat app. A desktop window where the Flet desktop client is available, otherwise
-(no display, or flet-desktop not installed: it downloads the Flutter client at first run) the web
-version on localhost. The web client is served with no_cdn=True: CanvasKit and fonts come from the
-flet-web package, so it renders offline."""
+(no display, flet-desktop not installed, or its Flutter client could not be downloaded at the first
+window) the web version on localhost. The web client is served with no_cdn=True: CanvasKit and fonts
+come from the flet-web package, so it renders offline."""
 
 import argparse
 import errno
@@ -31,6 +31,36 @@ def desktop_unavailable() -> str | None:
         return "the Flet desktop client (flet-desktop) is not installed"
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         return "there is no display"
+    return None
+
+
+def ensure_client() -> str | None:
+    """Make sure the Flet desktop client is on this machine, downloading it with a progress line
+    (bytes, speed) the first time. Returns why it is not there, or None."""
+    from . import desktop_client
+    from .config import load_config
+
+    if desktop_client.client_ready():
+        return None
+    url = desktop_client.client_url(load_config().flet_client_url)
+    from tqdm import tqdm
+
+    bar = None
+
+    def progress(done: int, total: int | None) -> None:
+        nonlocal bar
+        if bar is None:  # only once the server answers: a refused download leaves no empty bar
+            bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
+                       desc=f"Flet desktop client {desktop_client.client_version()} (first window only)")
+        bar.update(done - bar.n)
+
+    try:
+        desktop_client.fetch(url, progress)
+    except desktop_client.ClientFetchError as err:
+        return f"cannot download the Flet desktop client ({err})"
+    finally:
+        if bar is not None:
+            bar.close()
     return None
 
 
@@ -83,7 +113,7 @@ def pick_port(host: str, requested: int | None) -> int:
 def run(args) -> int:
     web = args.web
     if not web:
-        why = desktop_unavailable()
+        why = desktop_unavailable() or ensure_client()
         if why:
             print(f"belle ui: {why}; serving the web version instead.", flush=True)
             web = True

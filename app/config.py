@@ -17,6 +17,10 @@ class AppConfig:
     # Where models are downloaded from: a mirror of the Hugging Face hub (e.g. https://hf-mirror.com
     # in mainland China). None: HF_ENDPOINT from the environment, else huggingface.co.
     hf_mirror: str | None = None
+    # Where `belle ui` downloads the Flet desktop client from at its first window: a mirror of
+    # https://github.com/flet-dev/flet/releases/download (belle adds /vVERSION/FILE). None: GitHub,
+    # or FLET_CLIENT_URL (the whole archive URL) when set.
+    flet_client_url: str | None = None
 
 
 def load_config() -> AppConfig:
