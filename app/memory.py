@@ -1,9 +1,13 @@
 """Will this model fit? Compares the estimate from gguf_info with the machine's free memory."""
 
+import os
 import sys
 from dataclasses import dataclass
 
-import psutil
+try:
+    import psutil
+except ImportError:  # iOS: Flet's mobile wheels build psutil for Android only
+    psutil = None
 
 from . import device
 from .gguf_info import ModelInfo, RamEstimate, estimate_ram, human_bytes
@@ -24,7 +28,12 @@ class FitCheck:
 
 
 def available_memory() -> int:
-    return psutil.virtual_memory().available
+    """Memory available now: free plus what the OS can reclaim at once (page cache)."""
+    if psutil is not None:
+        return psutil.virtual_memory().available
+    # Without psutil (an iOS build): the whole RAM, an upper bound, so the check only ever says
+    # "fits" too often; it never blocks anything.
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def estimate_need(info: ModelInfo, n_ctx: int) -> RamEstimate:

@@ -14,7 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import psutil
+try:
+    import psutil
+except ImportError:  # iOS: Flet's mobile wheels build psutil for Android only
+    psutil = None
 
 _HYBRID_PERFORMANCE_CPUS = Path("/sys/devices/cpu_core/cpus")  # Linux on Intel hybrid CPUs
 
@@ -84,7 +87,7 @@ def performance_cores() -> int | None:
 def physical_cores() -> int:
     """Physical (performance) cores, never more than the logical CPUs this process may use; the
     logical count where the platform does not say (psutil returns None)."""
-    physical = _performance_cores() or psutil.cpu_count(logical=False) or logical_cores()
+    physical = _performance_cores() or (psutil.cpu_count(logical=False) if psutil else None) or logical_cores()
     return max(1, min(physical, logical_cores()))
 
 

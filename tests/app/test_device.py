@@ -2,6 +2,7 @@
 the data folder, the load settings llama.cpp really gets, the fit check and the first-start offer."""
 
 import json
+import os
 from pathlib import Path
 
 import platformdirs
@@ -191,3 +192,11 @@ def test_no_offer_with_a_model_or_on_a_desktop(monkeypatch, tmp_path, default_mo
     assert first_run.starter_offer(None) is None  # some model is here: the panel switches to it
     (belle_home / "config.json").write_text(json.dumps({"default_model": "mine.gguf"}))
     assert first_run.default_present("mine.gguf")
+
+
+def test_without_psutil_nothing_breaks(monkeypatch):
+    """An iOS build has no psutil (Flet's mobile wheels build it for Android only)."""
+    monkeypatch.setattr(memory, "psutil", None)
+    monkeypatch.setattr(threads, "psutil", None)
+    assert memory.available_memory() == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert threads.physical_cores() >= 1
