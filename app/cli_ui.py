@@ -52,11 +52,15 @@ def ensure_client() -> str | None:
         if bar is None:  # only once the server answers: a refused download leaves no empty bar
             bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
                        desc=f"Flet desktop client {desktop_client.client_version()} (first window only)")
+        if done < bar.n:  # a new attempt after a dropped connection starts over
+            bar.reset(total=total)
         bar.update(done - bar.n)
 
     try:
         desktop_client.fetch(url, progress)
     except desktop_client.ClientFetchError as err:
+        if bar is not None:
+            bar.leave = False  # the one line saying why is what stays on screen
         return f"cannot download the Flet desktop client ({err})"
     finally:
         if bar is not None:

@@ -5,6 +5,7 @@ version instead of ending in a traceback. The archive is unpacked exactly where 
 (its own helpers say where), so Flet then finds it and downloads nothing."""
 
 import contextlib
+import http.client
 import logging
 import os
 import shutil
@@ -98,7 +99,9 @@ def _download(url: str, dest: Path, progress: Callable[[int, int | None], None],
             return
         except urllib.error.HTTPError as err:  # the server answered: asking again will not change it
             raise ClientFetchError(f"HTTP {err.code} from {url}") from None
-        except (OSError, ValueError) as err:  # refused, reset, timed out, DNS, cut short
+        except ValueError as err:  # not a URL urllib can fetch (a typo in FLET_CLIENT_URL or the setting)
+            raise ClientFetchError(f"{url!r} is not a download address ({err})") from None
+        except (OSError, http.client.HTTPException) as err:  # refused, reset, timed out, DNS, cut short
             reason = getattr(err, "reason", None) or err
             log.info("client download attempt %d of %d failed: %s", attempt, ATTEMPTS, reason)
             if attempt == ATTEMPTS:

@@ -41,7 +41,7 @@ class ClientServer:
     """Serves `files` (path -> bytes); everything else is 404. Records the paths asked for."""
 
     def __init__(self, files: dict[str, bytes]):
-        self.files, self.requests = files, []
+        self.files, self.requests, self.cut_at = files, [], None
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -57,7 +57,7 @@ class ClientServer:
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                self.wfile.write(body[:server.cut_at])  # cut_at: the connection drops after so many bytes
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -139,6 +139,25 @@ def test_a_broken_archive_is_refused_and_leaves_nothing(home, server, monkeypatc
     why = cli_ui.ensure_client()
     assert why.startswith("cannot download the Flet desktop client (the downloaded client archive is unusable"), why
     assert list((home / ".flet" / "client").iterdir()) == []
+
+
+def test_a_dropped_connection_is_tried_again_then_given_up(home, server, monkeypatch):
+    server.files["/client.tar.gz"] = fake_client_archive()
+    server.cut_at = 1000
+    monkeypatch.setenv("FLET_CLIENT_URL", server.url + "/client.tar.gz")
+    monkeypatch.setattr(desktop_client, "fetch", lambda url, progress, backoff_s=0.0,
+                        _fetch=desktop_client.fetch: _fetch(url, progress, backoff_s))
+    why = cli_ui.ensure_client()
+    assert why.startswith(f"cannot download the Flet desktop client ({server.url}/client.tar.gz: "), why
+    assert why.endswith("(3 attempts))"), why
+    assert server.requests == ["/client.tar.gz"] * 3
+    assert list((home / ".flet" / "client").iterdir()) == []
+
+
+def test_an_address_that_is_no_url_is_one_reason(home, monkeypatch):
+    monkeypatch.setenv("FLET_CLIENT_URL", "github.com/flet-client.tar.gz")
+    assert cli_ui.ensure_client() == ("cannot download the Flet desktop client ('github.com/flet-client.tar.gz' is "
+                                      "not a download address (unknown url type: 'github.com/flet-client.tar.gz'))")
 
 
 def _closed_port() -> int:
