@@ -11,13 +11,14 @@ from collections.abc import Callable
 import flet as ft
 
 from ..chat_store import ChatStore
-from ..config import load_config
+from ..config import load_config, save_config
 from ..errors import BelleError
 from ..export import from_json, to_json, to_markdown
 from ..gguf_info import human_bytes
 from ..session import EngineCache
 from . import state as events
-from . import first_run, theme, uploads
+from ..memory import available_memory
+from . import downloads, first_run, theme, uploads
 from .chat_view import ChatView
 from .i18n import system_language, tr
 from .loop import on_loop
@@ -53,6 +54,7 @@ class BelleApp:
         self.state.listen(self._on_state)
         self.clipboard = ft.Clipboard()
         self.narrow = None
+        self.offered = False  # the phone's first-start offer is made once per tab, not on every rebuild
         self.state.store_changed()  # the reference point: before the sidebar first reads the list
         self.build()
         page.run_task(self.watch_store)
@@ -83,6 +85,7 @@ class BelleApp:
         self.chat.render_messages()
         page.update()
         self.fetch_default_model()
+        self.offer_starter_model()
 
     def fetch_default_model(self) -> None:
         entry = first_run.missing_default_model(self.config.default_model)
@@ -114,6 +117,55 @@ class BelleApp:
         self.chat.banner.visible = False
         if error:
             self.chat.show_error(self.t("fetch_failed", message=error))
+        self.page.update()
+
+    # a phone's first start (first_run.starter_offer)
+
+    def offer_starter_model(self) -> None:
+        """A phone with no model: the banner says so (a tap on it asks again), and once per tab a
+        dialog offers the starter model. Nothing is downloaded until Download is tapped; without a
+        model the app stays usable (conversations, settings, the model panel)."""
+        entry = first_run.starter_offer(self.config.default_model)
+        if entry is None:
+            return
+        chat = self.chat
+        chat.banner_text.value = self.t("no_model", name=entry.name, size=downloads.short_bytes(entry.size or 0))
+        chat.banner_bar.visible = False
+        chat.banner.on_click = lambda e: self.show_offer(entry)
+        chat.banner.visible = True
+        self.page.update()
+        if not self.offered:
+            self.offered = True
+            self.show_offer(entry)
+
+    def show_offer(self, entry) -> None:
+        t, short = self.t, downloads.short_bytes
+        text = t("starter_text", name=entry.name, size=short(entry.size or 0),
+                 ram=short(entry.min_ram_bytes or entry.size or 0), free=short(available_memory()))
+        about = entry.description.get(self.lang) or entry.description.get("en", "")
+        self.page.show_dialog(ft.AlertDialog(
+            modal=True,  # a choice to make: a stray tap beside it must not dismiss it
+            title=ft.Text(t("starter_title")),
+            # scrollable: the dialog scrolls as a whole on a small screen; a scrolling Column inside
+            # it stretched the dialog to the screen's full height
+            scrollable=True,
+            content=ft.Column([ft.Text(text), ft.Text(about, size=12, color=ft.Colors.ON_SURFACE_VARIANT)],
+                              tight=True, spacing=8),
+            actions=[ft.TextButton(t("not_now"), on_click=lambda e: self.page.pop_dialog()),
+                     ft.FilledButton(t("download"), on_click=lambda e: self.download_starter(entry))]))
+
+    def download_starter(self, entry) -> None:
+        self.page.pop_dialog()
+        self.models.download_offered(entry.id, entry.name, self._starter_ready)
+
+    def _starter_ready(self, model_id: str) -> None:
+        """The offered model arrived: it becomes the default when the default names nothing here,
+        saved through the config object the settings panel also saves, so neither undoes the other."""
+        if not first_run.default_present(self.config.default_model):
+            self.config.default_model = model_id
+            save_config(self.config)
+            self.state.default_model = model_id
+        self.chat.banner.visible = False
         self.page.update()
 
     def sidebar_footer(self) -> list[ft.Control]:

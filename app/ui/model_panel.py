@@ -20,10 +20,11 @@ from pathlib import Path
 
 import flet as ft
 
-from .. import hub, models
+from .. import device, hub, models
 from ..errors import BelleError
 from ..gguf_info import CARD_FIELDS, human_bytes
 from ..memory import available_memory
+from ..session import ConversationSettings
 from . import downloads, theme, uploads
 from .labelled_button import labelled_button
 from .loop import on_loop
@@ -86,7 +87,7 @@ class ModelPanel:
 
     def render(self) -> None:
         t, current = self.t, self.current_model()
-        n_ctx = self.state.session.settings.n_ctx if self.state.session else 4096
+        n_ctx = (self.state.session.settings if self.state.session else ConversationSettings()).n_ctx
         controls: list[ft.Control] = [ft.Text(t("local_files"), weight=ft.FontWeight.BOLD)]
         heading = "local_files"
         rows = model_rows(n_ctx)
@@ -115,7 +116,7 @@ class ModelPanel:
             in_use = current in (row.id, row.path.name if row.path else None)
             action = ft.FilledTonalButton(t("in_use") if in_use else t("use"), disabled=in_use,
                                           on_click=lambda e: self.use(row))
-        elif row.downloadable:
+        elif row.downloadable and not (device.is_phone() and self._is_wheel(row.id)):  # a phone has no pip
             label = t("resume", percent=downloads.percent(row.partial, row.size)) if row.partial and row.size \
                 else t("download")
             action = ft.OutlinedButton(label, disabled=self.cancel is not None, tooltip=f"{label}: {row.name}",
@@ -229,6 +230,12 @@ class ModelPanel:
         commit it was started at."""
         self._pull(row.id, row.name, row.revision)
 
+    def download_offered(self, model: str, name: str, then: Callable[[str], None]) -> None:
+        """The first start's offer on a phone: open the panel and download there, where the progress,
+        Cancel and Resume are; `then(model)` runs on the UI loop once the file is verified."""
+        self.show()
+        self._pull(model, name, None, then)
+
     def download_ref(self) -> None:
         ref = (self.hub_ref.value or "").strip()
         if not ref:
@@ -240,7 +247,7 @@ class ModelPanel:
             return
         self._pull(ref, name, None)
 
-    def _pull(self, model: str, name: str, revision: str | None) -> None:
+    def _pull(self, model: str, name: str, revision: str | None, then: Callable[[str], None] | None = None) -> None:
         if not downloads.lock.acquire(blocking=False):
             self._fail(self.t("download_busy"))
             return
@@ -278,6 +285,8 @@ class ModelPanel:
                 # free before the panel shows the outcome: a Resume pressed at once must find it free
                 downloads.lock.release()
             on_loop(self.page, self._download_ended, status, error)
+            if status and then:
+                on_loop(self.page, then, model)
 
         threading.Thread(target=work, daemon=True, name="belle-download").start()
 

@@ -74,13 +74,32 @@ new MutationObserver((_, observer) => {
 }).observe(document, {childList: true, subtree: true});
 """
 
+# On a phone (an Android or iOS user agent) Flutter covers the page with the placeholder and
+# switches the tree on only for a tap at its centre: the click above, at (0, 0), is ignored there.
+SEMANTICS_AT_START_MOBILE = """
+new MutationObserver((_, observer) => {
+    const placeholder = document.querySelector('flt-semantics-placeholder');
+    if (placeholder) {
+        observer.disconnect();
+        const r = placeholder.getBoundingClientRect();
+        placeholder.dispatchEvent(new MouseEvent('click', {bubbles: true, cancelable: true,
+            clientX: r.left + r.width / 2, clientY: r.top + r.height / 2}));
+    }
+}).observe(document, {childList: true, subtree: true});
+"""
 
-def open_app(browser, url: str, width: int = 1280, height: int = 800, new_session: bool = False):
+
+def open_app(browser, url: str, width: int = 1280, height: int = 800, new_session: bool = False,
+             user_agent: str | None = None, is_mobile: bool = False, has_touch: bool = False):
     """A new page on the app with the accessibility tree switched on; `new_session`: in a browser
-    context of its own (a fresh profile, so a new Flet session)."""
-    viewport = {"width": width, "height": height}
-    page = browser.new_context(viewport=viewport).new_page() if new_session else browser.new_page(viewport=viewport)
-    page.add_init_script(SEMANTICS_AT_START)  # on every load of this page, reloads too
+    context of its own (a fresh profile, so a new Flet session). `user_agent`, `is_mobile`,
+    `has_touch`: a phone's browser (an Android user agent makes Flet's page.platform ANDROID)."""
+    options = {"viewport": {"width": width, "height": height}, "is_mobile": is_mobile, "has_touch": has_touch}
+    if user_agent:
+        options["user_agent"] = user_agent
+    page = browser.new_context(**options).new_page() if new_session else browser.new_page(**options)
+    # on every load of this page, reloads too
+    page.add_init_script(SEMANTICS_AT_START_MOBILE if is_mobile else SEMANTICS_AT_START)
     page.goto(url)
     enable_semantics(page)
     return page
