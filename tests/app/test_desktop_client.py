@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -182,6 +183,13 @@ def test_no_client_falls_back_to_web_in_one_line(case, home, server, tmp_path):
     try:
         first = proc.stdout.readline()
         second = proc.stdout.readline()
+        # stop it only once it listens: a SIGTERM while uvicorn is still starting makes Flet's own
+        # shutdown raise (uvicorn's Server has no .servers yet), whatever belle did before
+        for _ in range(300):
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
