@@ -21,6 +21,27 @@ class AppConfig:
     # https://github.com/flet-dev/flet/releases/download (belle adds /vVERSION/FILE). None: GitHub,
     # or FLET_CLIENT_URL (the whole archive URL) when set.
     flet_client_url: str | None = None
+    # Saved conversation states (kv_state.py): disk budget in MB, least recently used dropped
+    # first; 0 turns saving and restoring off.
+    kv_state_budget_mb: int = 2048
+    # llama.cpp's KV cache type when a model is loaded: "f16", or "q8_0" (half the memory and half
+    # the saved state size; turns on flash attention, which llama.cpp needs for it).
+    kv_cache_type: str = "f16"
+
+
+KV_CACHE_TYPES = ("f16", "q8_0")
+
+
+def check_kv_settings(config: AppConfig) -> AppConfig:
+    """The KV settings checked where they are used, so a bad value stops only what needs them."""
+    budget = config.kv_state_budget_mb
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
+        raise SettingsError(f"{paths.config_path()}: kv_state_budget_mb must be a whole number of MB, 0 or more "
+                            f"(0: saved states off), got {budget!r}")
+    if config.kv_cache_type not in KV_CACHE_TYPES:
+        raise SettingsError(f"{paths.config_path()}: kv_cache_type must be one of {', '.join(KV_CACHE_TYPES)}, "
+                            f"got {config.kv_cache_type!r}")
+    return config
 
 
 def load_config() -> AppConfig:

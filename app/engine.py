@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 
 from .errors import BelleError, ContextOverflowError, ModelFileError, SettingsError
+from . import kv_state
 from .gguf_info import KNOWN_ARCHITECTURES, ModelInfo, read_model_info
 from .templates import ChatMessage, ChatTemplate, Piece, make_template, pick_template_name
 
@@ -75,6 +76,12 @@ class LoadSettings:
     n_gpu_layers: int = 0
     use_mmap: bool | None = None  # None: off on CPU, on when layers are offloaded or on a phone
     template: str | None = None  # None/"auto": from the model's metadata
+    # KV cache type: "q8_0" halves the cache (and saved states); llama.cpp needs flash attention
+    # for a quantized V cache, so q8_0 turns it on (f16 keeps it off, as before).
+    kv_type: str = "f16"
+
+
+KV_TYPES = ("f16", "q8_0")
 
 
 @dataclass
@@ -88,6 +95,7 @@ class ReplyStats:
     total_s: float = 0.0
     stop_reason: str = ""  # "eos" | "length" | "stop" | "cancelled" | "context" | "interrupted"
     dropped_messages: int = 0  # older messages left out to fit the context
+    restored_tokens: int = 0  # prompt tokens that came from the conversation's saved KV state
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -121,11 +129,17 @@ class Reply:
     was cut off) or is raw text (`Engine.complete`), and the text goes on from there, leading
     whitespace included.
 
-    `stop`: the strings that end the reply (not included in its text); None means the template's."""
+    `stop`: the strings that end the reply (not included in its text); None means the template's.
+
+    `conversation`: the conversation's id when the engine may restore and save its KV state
+    (kv_state.py); None for replies that belong to no stored conversation (the server, complete)."""
 
     def __init__(self, engine: "Engine", fit: Fit, sampling: Sampling, cancel: threading.Event | None,
-                 continuation: bool = False, stop: tuple[str, ...] | None = None):
+                 continuation: bool = False, stop: tuple[str, ...] | None = None, conversation: int | None = None):
         self.engine = engine
+        self.conversation = conversation
+        # Taken now, in the caller's thread: the save runs later in another one.
+        self.states = kv_state.folder() if conversation is not None and engine.state_budget_bytes > 0 else None
         self.fit = fit
         self.sampling = sampling
         self.cancelled = cancel or threading.Event()
@@ -139,8 +153,25 @@ class Reply:
         self.cancelled.set()
 
     def __iter__(self) -> Iterator[str]:
-        with self.engine.lock:  # one reply at a time per loaded model
-            yield from self._run()
+        try:
+            with self.engine.lock:  # one reply at a time per loaded model
+                yield from self._run()
+        finally:
+            # Stopped and cancelled replies too: their KV is as good a start as any. Off the token
+            # loop and outside the lock: a background thread copies the KV and writes the file.
+            if self.states is not None:
+                kv_state.schedule_save(self.engine, self.conversation, self.states, self.engine.state_budget_bytes)
+
+    def _restore(self, tokens: list[int]) -> None:
+        """Under the lock, before the prompt is read: bring back the conversation's saved KV if it
+        gives a longer prefix than what the KV holds now; then this reply owns the KV."""
+        engine = self.engine
+        kv_state.before_reply(engine, self.conversation)
+        if self.states is not None:
+            self.stats.restored_tokens = kv_state.restore(engine, self.states, self.conversation,
+                                                          engine.template.name, tokens)
+        engine.owner = self.conversation
+        engine.owner_template = engine.template.name
 
     def _read_prompt(self, tokens: list[int]) -> bool:
         """Evaluate all prompt tokens but the last (which `generate` evaluates to get the first
@@ -175,6 +206,7 @@ class Reply:
         start = time.perf_counter()
         first_at = None
         stats.stop_reason = "interrupted"  # every normal way out of the loops below sets its own reason
+        self._restore(tokens)
         if not self._read_prompt(tokens):
             stats.stop_reason = "cancelled"
             stats.ttft_s = stats.total_s = time.perf_counter() - start
@@ -259,6 +291,14 @@ class Engine:
         self.settings = settings
         self.template = template
         self.lock = threading.Lock()
+        self.closed = False
+        # Saved KV states (kv_state.py): off (0) unless the owner of the engine sets a budget
+        # (EngineCache does, from the settings).
+        self.state_budget_bytes = 0
+        self.flash_attn = settings.kv_type == "q8_0"
+        self.owner: int | None = None  # the conversation whose tokens are in the KV; None: no stored one
+        self.owner_template = template.name  # the template that rendered them
+        self.model_identity = kv_state.model_identity(info.path)
         specials = sorted(info.special_tokens, key=len, reverse=True)
         self._special_re = re.compile("(" + "|".join(map(re.escape, specials)) + ")") if specials else None
         import llama_cpp
@@ -274,8 +314,13 @@ class Engine:
 
         if settings.n_ctx < 64:
             raise SettingsError(f"n_ctx must be at least 64, got {settings.n_ctx}")
+        if settings.kv_type not in KV_TYPES:
+            raise SettingsError(f"KV cache type must be one of {', '.join(KV_TYPES)}, got {settings.kv_type!r}")
         kwargs = dict(model_path=str(path), n_ctx=settings.n_ctx, n_gpu_layers=settings.n_gpu_layers,
                       verbose=logging.getLogger("llama_cpp").isEnabledFor(logging.DEBUG), **_tuning(settings))
+        if settings.kv_type == "q8_0":
+            # llama.cpp refuses a quantized V cache without flash attention
+            kwargs.update(type_k=llama_cpp.GGML_TYPE_Q8_0, type_v=llama_cpp.GGML_TYPE_Q8_0, flash_attn=True)
         try:
             llm = llama_cpp.Llama(**kwargs)
         except (ValueError, RuntimeError, OSError) as err:
@@ -286,12 +331,14 @@ class Engine:
         requested = settings.template if settings.template not in (None, "auto") else None
         name = pick_template_name(info.chat_template, requested or (catalog_template if catalog_template != "gguf" else None))
         template = make_template(name, info.chat_template, info.bos_token, info.eos_token)
-        log.info("loaded %s (%s, n_ctx=%d, mmap=%s, threads=%d/%d, n_batch=%d, template=%s)", path, info.architecture,
-                 settings.n_ctx, kwargs["use_mmap"], llm.n_threads, llm.n_threads_batch, llm.n_batch, name)
+        log.info("loaded %s (%s, n_ctx=%d, mmap=%s, threads=%d/%d, n_batch=%d, template=%s, kv=%s)", path,
+                 info.architecture, settings.n_ctx, kwargs["use_mmap"], llm.n_threads, llm.n_threads_batch, llm.n_batch,
+                 name, settings.kv_type)
         return cls(llm, info, settings, template)
 
     def close(self) -> None:
-        with self.lock:
+        with self.lock:  # never under a running reply or KV snapshot
+            self.closed = True
             self.llm.close()
 
     @property
@@ -372,13 +419,14 @@ class Engine:
 
     def reply(self, history: list[ChatMessage], sampling: Sampling | None = None,
               cancel: threading.Event | None = None, overflow: str = "truncate", prefix: str = "",
-              stop: tuple[str, ...] | list[str] = ()) -> Reply:
+              stop: tuple[str, ...] | list[str] = (), conversation: int | None = None) -> Reply:
         """Start the next assistant message, or continue one that begins with `prefix` (its text
         so far; `history` then ends before it). `stop`: strings that end the reply besides the
-        template's own (an API client's `stop`)."""
+        template's own (an API client's `stop`). `conversation`: the stored conversation's id,
+        whose KV state may be restored and saved (see Reply)."""
         sampling = sampling or Sampling()
         return Reply(self, self.fit(history, _reply_budget(sampling, self.n_ctx), overflow, prefix), sampling, cancel,
-                     continuation=bool(prefix), stop=(*self.template.stop, *stop))
+                     continuation=bool(prefix), stop=(*self.template.stop, *stop), conversation=conversation)
 
     def complete(self, prompt: str, sampling: Sampling | None = None, cancel: threading.Event | None = None,
                  stop: tuple[str, ...] | list[str] = ()) -> Reply:

@@ -19,8 +19,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import device, models
+from . import device, kv_state, models
 from .catalog import load_catalog
+from .config import check_kv_settings, load_config
 from .chat_store import ChatStore, Conversation, Message
 from .engine import Engine, LoadSettings, Reply, Sampling
 from .errors import BelleError, ContextOverflowError, SettingsError
@@ -82,26 +83,37 @@ MIN_N_CTX, MAX_N_CTX = 64, 1 << 20
 
 
 class EngineCache:
-    """Keeps one model loaded and reloads only when the model file or n_ctx changes, so switching
-    between conversations on the same model keeps llama.cpp's KV prefix cache warm."""
+    """Keeps one model loaded and reloads only when the model file, n_ctx or KV cache type changes,
+    so switching between conversations on the same model keeps llama.cpp's KV prefix cache warm.
 
-    def __init__(self, n_threads: int | None = None, n_gpu_layers: int = 0):
+    `kv_type` and `state_budget_mb` (saved conversation states, kv_state.py): None takes them from
+    config.json, so every front end (CLI, UI) gets the user's settings without passing them."""
+
+    def __init__(self, n_threads: int | None = None, n_gpu_layers: int = 0, kv_type: str | None = None,
+                 state_budget_mb: int | None = None):
         self.n_threads = n_threads
         self.n_gpu_layers = n_gpu_layers
+        if kv_type is None or state_budget_mb is None:
+            config = check_kv_settings(load_config())
+            kv_type = kv_type or config.kv_cache_type
+            state_budget_mb = config.kv_state_budget_mb if state_budget_mb is None else state_budget_mb
+        self.kv_type = kv_type
+        self.state_budget_mb = state_budget_mb
         self.engine: Engine | None = None
         self._key = None
         self._lock = threading.Lock()
 
     def get(self, model: str | None, n_ctx: int, template: str) -> Engine:
         path = models.resolve(model)
-        key = (str(Path(path).resolve()), n_ctx)
+        key = (str(Path(path).resolve()), n_ctx, self.kv_type)
         with self._lock:
             if self.engine is None or self._key != key:
                 self.close()
                 entry = load_catalog().by_file(Path(path).name)
                 settings = LoadSettings(n_ctx=n_ctx, n_threads=self.n_threads, n_gpu_layers=self.n_gpu_layers,
-                                        template=template)
+                                        template=template, kv_type=self.kv_type)
                 self.engine = Engine.load(path, settings, entry.template if entry else None)
+                self.engine.state_budget_bytes = self.state_budget_mb << 20
                 self._key = key
             elif (template or "auto") != (self.engine.settings.template or "auto"):
                 self.engine.set_template(template)
@@ -110,6 +122,7 @@ class EngineCache:
 
     def close(self) -> None:
         if self.engine is not None:
+            kv_state.flush()  # the last reply's state is saved before its model is freed
             self.engine.close()
             self.engine = None
             self._key = None
@@ -352,7 +365,8 @@ class ChatSession:
         engine = self.engine()
         settings = self.settings
         history = self.history(path[:-1])
-        reply = engine.reply(history, settings.sampling, cancel, settings.overflow, prefix=last.content)
+        reply = engine.reply(history, settings.sampling, cancel, settings.overflow, prefix=last.content,
+                             conversation=self.id)
         n_system = 1 if self.system_prompt else 0
         dropped = [path[i - n_system] for i in reply.fit.dropped]
         self.store.update_message(last.id, complete=False)  # until the continuation is saved
@@ -393,7 +407,7 @@ class ChatSession:
         settings = self.settings
         path = self.store.path_to(user.id)
         history = self.history(path)
-        reply = engine.reply(history, settings.sampling, cancel, settings.overflow)
+        reply = engine.reply(history, settings.sampling, cancel, settings.overflow, conversation=self.id)
         n_system = 1 if self.system_prompt else 0
         dropped = [path[i - n_system] for i in reply.fit.dropped]
         message = self.store.add_message(self.id, user.id, "assistant", "", complete=False,
