@@ -15,6 +15,7 @@ from datetime import datetime
 from . import models, paths
 from .chat_store import ChatStore
 from .config import load_config
+from .engine import KV_TYPES
 from .errors import BelleError
 from .export import to_json, to_markdown
 from .gguf_info import human_bytes, read_model_info
@@ -60,6 +61,9 @@ def add_parser(sub) -> None:
     p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to a GPU (needs a GPU build)")
     p.add_argument("--set", action="append", default=[], metavar="PARAM=VALUE", help="a setting, repeatable")
     p.add_argument("--force", action="store_true", help="load even if the model may not fit in free memory")
+    p.add_argument("--kv-type", choices=KV_TYPES, default=None,
+                   help="KV cache type for this run: f16, or q8_0 (half the memory and saved-state size); "
+                   "default: kv_cache_type in config.json, else f16")
     p.set_defaults(func=run)
 
 
@@ -74,7 +78,8 @@ def _check_memory(model: str | None, n_ctx: int, force: bool) -> None:
 
 def run(args) -> int:
     store = ChatStore(paths.store_path())
-    engines = EngineCache(n_threads=args.threads or load_config().n_threads, n_gpu_layers=args.n_gpu_layers)
+    engines = EngineCache(n_threads=args.threads or load_config().n_threads, n_gpu_layers=args.n_gpu_layers,
+                          kv_type=args.kv_type)
     try:
         session = _open_session(store, engines, args)
         _check_memory(session.model, session.settings.n_ctx, args.force)
@@ -84,7 +89,7 @@ def run(args) -> int:
             return _one_shot(session, text, args.json)
         return Repl(session).loop()
     finally:
-        engines.close()
+        engines.close()  # waits for the last reply's state to be saved: a one-shot -p leaves it on disk
         store.close()
 
 
@@ -140,7 +145,13 @@ def _one_shot(session: ChatSession, text: str, as_json: bool) -> int:
     else:
         turn.run(lambda piece: print(piece, end="", flush=True))
         print()
+        if turn.stats.get("restored_tokens"):
+            print(resumed_line(turn.stats), file=sys.stderr)  # stdout stays just the answer, for scripts
     return 0
+
+
+def resumed_line(stats: dict) -> str:
+    return f"[resumed instantly: {stats['restored_tokens']:,} tokens from the saved state]"
 
 
 @contextmanager
@@ -264,6 +275,8 @@ class Repl:
                 wrap.flush()
                 print()
         self.last_stats = turn.stats
+        if turn.stats.get("restored_tokens"):
+            print(resumed_line(turn.stats))
         reason = turn.stats.get("stop_reason")
         if message is None:
             print("[stopped before the first word; /regen answers again]" if reason == "cancelled"
@@ -406,7 +419,9 @@ class Repl:
         new = s["prompt_tokens"] - s["cached_tokens"]
         prefill = (f"prefill {s['prefill_tok_s']:.1f} tok/s" if s["prefill_tok_s"] else
                    f"prefill: {new} new token{'s' if new != 1 else ''}, the rest cached")
-        self.say(f"prompt {s['prompt_tokens']} tokens ({s['cached_tokens']} cached) · {s['generated_tokens']} generated · "
+        restored = f", {s['restored_tokens']} from the saved state" if s.get("restored_tokens") else ""
+        self.say(f"prompt {s['prompt_tokens']} tokens ({s['cached_tokens']} cached{restored}) · "
+                 f"{s['generated_tokens']} generated · "
                  f"first token {s['ttft_s']:.2f} s · {prefill} · decode {s['decode_tok_s']:.1f} tok/s · "
                  f"stop: {s['stop_reason']}")
 

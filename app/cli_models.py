@@ -5,9 +5,9 @@ import sys
 
 from tqdm import tqdm
 
-from . import hub, models
+from . import hub, kv_state, models
 from .catalog import load_catalog
-from .config import load_config, save_config
+from .config import check_kv_settings, load_config, save_config
 from .errors import BelleError
 from .gguf_info import CARD_PREFIX, estimate_ram, human_bytes, read_model_info
 from .memory import check_fit
@@ -44,6 +44,10 @@ def add_parser(sub) -> None:
     default = msub.add_parser("default", help="show or set the model used when --model is not given")
     default.add_argument("model", nargs="?")
     default.set_defaults(func=cmd_default)
+    states = msub.add_parser("states", help="disk used by saved conversation states (reopening a conversation "
+                             "without reading it again); --clear deletes them")
+    states.add_argument("--clear", action="store_true", help="delete every saved state (conversations are kept)")
+    states.set_defaults(func=cmd_states)
 
 
 def _bar(desc: str):
@@ -204,4 +208,18 @@ def cmd_default(args) -> int:
     config.default_model = args.model
     save_config(config)
     print(f"default model: {args.model}")
+    return 0
+
+
+def cmd_states(args) -> int:
+    where = kv_state.folder()
+    if args.clear:
+        gone = kv_state.clear(where)
+        print(f"deleted {gone.count} saved state{'s' if gone.count != 1 else ''} ({human_bytes(gone.total_bytes)}); "
+              "conversations are kept and read again when reopened")
+        return 0
+    used = kv_state.disk_used(where)
+    budget = check_kv_settings(load_config()).kv_state_budget_mb
+    limit = f"budget {budget:,} MB" if budget else "saving is off (kv_state_budget_mb is 0)"
+    print(f"saved states: {used.count} ({human_bytes(used.total_bytes)}) in {where}; {limit}")
     return 0

@@ -113,7 +113,8 @@ class EngineCache:
                 settings = LoadSettings(n_ctx=n_ctx, n_threads=self.n_threads, n_gpu_layers=self.n_gpu_layers,
                                         template=template, kv_type=self.kv_type)
                 self.engine = Engine.load(path, settings, entry.template if entry else None)
-                self.engine.state_budget_bytes = self.state_budget_mb << 20
+                # MB of 10^6 bytes, as `belle models states` shows them
+                self.engine.state_budget_bytes = self.state_budget_mb * 1_000_000
                 self._key = key
             elif (template or "auto") != (self.engine.settings.template or "auto"):
                 self.engine.set_template(template)
