@@ -6,6 +6,8 @@ server, which serves the bytes with Range support, as the real hub's CDN does. F
 - cut_at: close the connection after sending the body up to this file offset (once: it is cleared);
 - corrupt_at: send a wrong byte at this offset (every time, until cleared);
 - delay_s: sleep between 64 KiB pieces (a slow line);
+- hold_at: stop sending at this file offset until `release()` (a stalled line that a test controls,
+  so "the download is still running" never depends on how fast the machine is);
 - ignore_range: answer every Range request with the whole file (200);
 - token: refuse (401) resolve requests without `Authorization: Bearer TOKEN`;
 - hide_hash: leave out ETag and X-Linked-Etag (a mirror that does not pass them on).
@@ -52,6 +54,8 @@ class FakeHub:
     ignore_range: bool = False
     token: str | None = None
     hide_hash: bool = False
+    hold_at: int | None = None
+    released: threading.Event = field(default_factory=threading.Event)
     url: str = ""
 
     def add(self, repo: str, file: str, path: Path) -> Served:
@@ -62,6 +66,11 @@ class FakeHub:
         served = Served(Path(path), digest.hexdigest(), Path(path).stat().st_size)
         self.files[f"{repo}/{file}"] = served
         return served
+
+    def release(self) -> None:
+        """Let a download held at `hold_at` go on (and later ones pass it)."""
+        self.hold_at = None
+        self.released.set()
 
     def ranges(self) -> list[str | None]:
         """The Range header of every request for bytes (None: from the start)."""
@@ -146,7 +155,10 @@ def _handler(hub: FakeHub):
                 fh.seek(start)
                 pos = start
                 while pos < served.size:
-                    chunk = bytearray(fh.read(64 * 1024))
+                    if hub.hold_at is not None and pos >= hub.hold_at:
+                        hub.released.wait()
+                    size = 64 * 1024 if hub.hold_at is None or pos >= hub.hold_at else min(64 * 1024, hub.hold_at - pos)
+                    chunk = bytearray(fh.read(size))
                     if hub.corrupt_at is not None and pos <= hub.corrupt_at < pos + len(chunk):
                         chunk[hub.corrupt_at - pos] ^= 0xFF
                     if hub.cut_at is not None and pos + len(chunk) > hub.cut_at > pos:

@@ -31,6 +31,7 @@ def fake_hub(monkeypatch, tmp_path):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("BELLE_MODELS_DIR", str(tmp_path / "models"))
     yield hub_
+    hub_.release()  # a download a failed test left held must not keep a server thread waiting
     server.shutdown()
     server.server_close()
 
@@ -86,7 +87,7 @@ def test_a_cut_connection_goes_on_from_the_byte_it_reached(fake_hub, random_file
 
 def test_a_killed_pull_resumes_and_nothing_partial_is_listed(fake_hub, random_file):
     served = fake_hub.add(REPO, "m.gguf", random_file)
-    fake_hub.delay_s = 0.05  # ~1.3 MB/s
+    fake_hub.hold_at = 1_000_000  # the download stalls there until released: still running at the SIGINT
     part = models_dir() / "m.gguf.part"
     proc = subprocess.Popen([*BELLE, "models", "pull", f"hf:{REPO}/m.gguf"], cwd=ROOT, env=os.environ.copy(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -106,7 +107,7 @@ def test_a_killed_pull_resumes_and_nothing_partial_is_listed(fake_hub, random_fi
     assert not (models_dir() / "m.gguf").exists()
     kept = part.stat().st_size
     assert 500_000 < kept < served.size
-    fake_hub.delay_s = 0
+    fake_hub.release()
     result = run_belle("models", "pull", f"hf:{REPO}/m.gguf")
     assert result.returncode == 0, result.stderr
     assert fake_hub.ranges()[-1] == f"bytes={kept}-"

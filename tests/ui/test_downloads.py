@@ -44,6 +44,7 @@ def fake_hub(default_model_path):
     hub, server = start_hub()
     hub.served = hub.add(REPO, FILE, default_model_path)
     yield hub
+    hub.release()  # a download a failed test left held must not keep a server thread waiting
     server.shutdown()
     server.server_close()
 
@@ -122,9 +123,10 @@ def test_download_cancel_mirror_resume_and_chat(app_page, fake_hub, tmp_path, ou
     set_mirror(page, fake_hub.url + "/", open_settings=False, max_tokens="24")
     until(page, lambda: config().get("hf_mirror") == fake_hub.url, 10, "the mirror to be saved (without the /)")
 
-    # ~15 s for the whole file: long enough to watch the line move and press Cancel well before the
-    # end, even on a busy machine (the progress check is done by 20 MB, ~3 s in)
+    # ~15 s for the whole file: long enough to watch the line move (the progress check is done by
+    # 20 MB, ~3 s in)
     fake_hub.delay_s = 0.01
+    fake_hub.hold_at = fake_hub.served.size * 6 // 10  # and it stalls there: Cancel always comes before the end
     open_panel(page)
     hub_download(page, REF, click=True)
     seen = []
@@ -155,6 +157,7 @@ def test_download_cancel_mirror_resume_and_chat(app_page, fake_hub, tmp_path, ou
     assert page.get_by_role("button", name="Use", exact=True).count() == 0
 
     fake_hub.delay_s = 0.001
+    fake_hub.release()
     page.get_by_role("button", name=f"Resume ({shown}%)", exact=True).click()
     until(page, lambda: "Downloaded" in texts(page), 60, "the resumed download to finish")
     page.screenshot(path=output_dir / "downloaded.png")
