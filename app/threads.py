@@ -69,8 +69,10 @@ def _macos_performance_cores() -> int | None:
         return None
 
 
-def _performance_cores() -> int | None:
-    """Physical performance cores on a CPU that mixes fast and slow cores, else None."""
+def performance_cores() -> int | None:
+    """Physical performance cores on a CPU that mixes fast and slow cores (a phone's big cores, a
+    hybrid laptop's P-cores), else None: all cores alike, or the system does not say. device.py caps
+    a phone's threads by it."""
     if sys.platform.startswith("linux"):
         return _linux_performance_cores()
     if sys.platform == "darwin":
@@ -78,16 +80,10 @@ def _performance_cores() -> int | None:
     return None
 
 
-def performance_cores() -> int | None:
-    """The big cores of a phone or hybrid laptop CPU, or None where all cores are alike or the
-    system does not say (device.phone_load caps a phone's threads by it)."""
-    return _performance_cores()
-
-
 def physical_cores() -> int:
     """Physical (performance) cores, never more than the logical CPUs this process may use; the
     logical count where the platform does not say (psutil returns None)."""
-    physical = _performance_cores() or (psutil.cpu_count(logical=False) if psutil else None) or logical_cores()
+    physical = performance_cores() or (psutil.cpu_count(logical=False) if psutil else None) or logical_cores()
     return max(1, min(physical, logical_cores()))
 
 

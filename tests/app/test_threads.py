@@ -7,7 +7,7 @@ from belle.app.engine import Engine, LoadSettings
 
 
 def test_default_threads_follow_the_cores(monkeypatch):
-    monkeypatch.setattr(threads, "_performance_cores", lambda: None)
+    monkeypatch.setattr(threads, "performance_cores", lambda: None)
     monkeypatch.setattr(threads, "logical_cores", lambda: 8)
     monkeypatch.setattr(threads.psutil, "cpu_count", lambda logical=True: 4)
     assert threads.default_threads() == (4, 8)  # SMT: one decode thread per core
@@ -16,7 +16,7 @@ def test_default_threads_follow_the_cores(monkeypatch):
     monkeypatch.setattr(threads, "logical_cores", lambda: 2)
     monkeypatch.setattr(threads.psutil, "cpu_count", lambda logical=True: 16)
     assert threads.default_threads() == (2, 2)  # never more than this process may run on
-    monkeypatch.setattr(threads, "_performance_cores", lambda: 6)
+    monkeypatch.setattr(threads, "performance_cores", lambda: 6)
     monkeypatch.setattr(threads, "logical_cores", lambda: 20)
     assert threads.default_threads() == (6, 20)  # hybrid CPU: performance cores only
 
