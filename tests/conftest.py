@@ -67,6 +67,32 @@ def run_belle(*args, input=None, env=None, timeout=300) -> subprocess.CompletedP
                           timeout=timeout, cwd=ROOT)
 
 
+def wait_listening(proc: subprocess.Popen, port: int, timeout_s: float = 60) -> None:
+    """Wait until a server process accepts connections on `port` (it may exit first: then fail)."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the process exited with {proc.returncode} before listening on {port}"
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"nothing listened on port {port} within {timeout_s} s")
+
+
+def stop_process(proc: subprocess.Popen, sig: int = 15) -> None:
+    """Ask a process to stop (SIGTERM) as a user's service manager would; kill it after 10 s."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 # What `belle build` writes into a model's GGUF header (belle.card.*), as the card tests expect it back
 CARD = {
     "base": "SmolLM2-135M-Instruct.Q4_1.gguf (sha256 1a2b3c4d5e6f)",

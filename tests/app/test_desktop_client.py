@@ -7,15 +7,12 @@ they do not open a window or start the real client."""
 
 import io
 import os
-import signal
 import socket
 import subprocess
 import sys
 import tarfile
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
@@ -23,7 +20,7 @@ pytest.importorskip("flet_desktop")
 
 from belle.app import cli_ui, desktop_client  # noqa: E402
 from belle.app.config import AppConfig, save_config  # noqa: E402
-from tests.conftest import ROOT  # noqa: E402
+from tests.conftest import ROOT, stop_process, wait_listening  # noqa: E402
 
 
 def fake_client_archive() -> bytes:
@@ -185,18 +182,9 @@ def test_no_client_falls_back_to_web_in_one_line(case, home, server, tmp_path):
         second = proc.stdout.readline()
         # stop it only once it listens: a SIGTERM while uvicorn is still starting makes Flet's own
         # shutdown raise (uvicorn's Server has no .servers yet), whatever belle did before
-        for _ in range(300):
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.1)
+        wait_listening(proc, port)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
     reason = f"HTTP 404 from {url}" if case == "404" else f"{url}: [Errno 111] Connection refused (3 attempts)"
     assert first == f"belle ui: cannot download the Flet desktop client ({reason}); serving the web version instead.\n"
     assert second == f"belle ui: serving on http://127.0.0.1:{port}/ (Ctrl+C stops)\n"

@@ -6,12 +6,13 @@ accessibility tree, after which text fields are real <input>/<textarea> elements
 with background networking off: this machine has no network, and its connection attempts fail."""
 
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from tests.conftest import stop_process
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -49,13 +50,7 @@ class UIServer:
         raise RuntimeError(f"belle ui did not start listening within 60 s; see {log_path}")
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
 
 
@@ -64,19 +59,10 @@ class UIServer:
 # accessibility tree is on is edited through a hidden <textarea> of Flutter's own for the rest of
 # the page's life, so filling the field's accessible <textarea> would type into nothing. A click
 # sent from the test arrives too late on a busy machine.
+# A click at its centre, because on a phone (an Android or iOS user agent) Flutter covers the page
+# with the placeholder and switches the tree on only for a tap inside it; on a desktop any click on
+# it does.
 SEMANTICS_AT_START = """
-new MutationObserver((_, observer) => {
-    const placeholder = document.querySelector('flt-semantics-placeholder');
-    if (placeholder) {
-        observer.disconnect();
-        placeholder.click();
-    }
-}).observe(document, {childList: true, subtree: true});
-"""
-
-# On a phone (an Android or iOS user agent) Flutter covers the page with the placeholder and
-# switches the tree on only for a tap at its centre: the click above, at (0, 0), is ignored there.
-SEMANTICS_AT_START_MOBILE = """
 new MutationObserver((_, observer) => {
     const placeholder = document.querySelector('flt-semantics-placeholder');
     if (placeholder) {
@@ -99,7 +85,7 @@ def open_app(browser, url: str, width: int = 1280, height: int = 800, new_sessio
         options["user_agent"] = user_agent
     page = browser.new_context(**options).new_page() if new_session else browser.new_page(**options)
     # on every load of this page, reloads too
-    page.add_init_script(SEMANTICS_AT_START_MOBILE if is_mobile else SEMANTICS_AT_START)
+    page.add_init_script(SEMANTICS_AT_START)
     page.goto(url)
     enable_semantics(page)
     return page
