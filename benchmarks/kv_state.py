@@ -6,12 +6,17 @@ messages (English and Chinese) in a fresh BELLE_HOME's store, sends one message 
 its own (this reads the whole conversation and, with states on, saves its state; the script waits
 for the save), then measures each reopening in a FRESH process, so nothing is warm in memory but
 the OS's file cache: open the conversation, load the model (not timed), send a short question
-(temperature 0, max_tokens 8) and read the reply's stats. "re-read" is the same conversation in a
-copy of that BELLE_HOME with `kv_state_budget_mb` 0 (states off). States are measured with
-`kv_cache_type` f16 (the baseline's cache type) and q8_0 (a conversation prepared on its own).
+(temperature 0, max_tokens 8), read the reply's stats, and take the question back out (/undo) so
+the next round reopens the same conversation; before each round with states on, the state files
+are put back as the first reply left them. "re-read" is the same conversation in a copy of that
+BELLE_HOME with `kv_state_budget_mb` 0 (states off); the two alternate, round by round. States are
+measured with `kv_cache_type` f16 (the baseline's cache type) at every size, and q8_0 (a
+conversation prepared on its own, whose first reply reads it all once more) at the largest size
+unless --all-kv-sizes: a state's size grows linearly with its tokens.
 
     .venv/bin/python benchmarks/kv_state.py [--models small|7b|both] [--sizes 500,1000,2000]
-                                            [--kv-types f16,q8_0] [--n-ctx 4096] [--threads N]
+        [--kv-types f16,q8_0] [--rounds 3] [--rounds-7b 1] [--n-ctx 4096] [--threads N]
+    .venv/bin/python benchmarks/kv_state.py --report-only   # the tables again, from the last run's JSON
 
 "small" is the default model (`models.resolve(None)` with BELLE_MODELS_DIR at .cache/test-models,
 as the tests do: SmolLM2-135M-Instruct Q4_1); "7b" is the LLaMA-7B-shaped Q4_0 that
@@ -19,8 +24,11 @@ benchmarks/memory_7b.py builds once into .cache/ (~3.8 GB, about a minute). Thre
 default. TTFT is the reply's `ttft_s` (from the reply's start to its first token; the model's load
 is not in it); "wall" adds what `ChatSession.send` did before the reply started and the store
 writes after it, as measured around the turn. Target: TTFT with the state <= 0.2 x TTFT
-re-reading, at 2,000 tokens, on both models. The full run takes about 15 minutes, almost all of it
-the 7B model re-reading; figures are also written to bench-results/kv_state.json.
+re-reading, at 2,000 tokens, on both models. The full run takes about 15 minutes on an idle
+2-core machine, almost all of it the 7B model reading conversations; figures are written to
+bench-results/kv_state.json after every size, so an interrupted run keeps what it measured. Sizes
+run largest first. Other work on the machine slows llama.cpp's threads a lot (they wait for each
+other at every matrix): the load average is printed with every line, and every round's figure.
 """
 
 import argparse
@@ -152,13 +160,15 @@ def worker_prepare(model: str | None, size: int, n_ctx: int, threads: int | None
 
 
 def worker_measure(model: str | None, conversation_id: int, n_ctx: int, threads: int | None) -> dict:
-    """Reopen the conversation in this fresh process and ask a short question."""
+    """Reopen the conversation in this fresh process and ask a short question; then take the
+    question and its reply back out, so the next round reopens the same conversation."""
     from belle.app.session import ChatSession
 
     store, engines, _ = _open(model, n_ctx, threads)
     session = ChatSession.open(store, engines, conversation_id)
     stats = _send(session, QUESTION)
     _flush_states()  # the save this reply started: let it finish before the process ends
+    session.undo()
     engines.close()
     store.close()
     return stats
@@ -173,10 +183,15 @@ def _write_config(home: Path, budget_mb: int, kv_type: str) -> None:
 
 
 def _states_bytes(home: Path) -> int:
-    """Bytes of the saved states under BELLE_HOME: everything but the store, config and models."""
-    skip = {"belle.db", "belle.db-wal", "belle.db-shm", "config.json"}
-    return sum(p.stat().st_size for p in home.rglob("*") if p.is_file() and p.name not in skip
-               and "models" not in p.relative_to(home).parts)
+    """Bytes of the saved states in BELLE_HOME's states folder."""
+    return sum(p.stat().st_size for p in (home / "states").rglob("*") if p.is_file())
+
+
+def _reset_states(home: Path) -> None:
+    """Put back the states as the first reply left them: a later round must not reopen from the
+    state of the previous round's question, which would leave only ~1 token to read."""
+    shutil.rmtree(home / "states", ignore_errors=True)
+    shutil.copytree(home / "states.saved", home / "states")
 
 
 def _run_worker(kind: str, home: Path, args: list, timeout: float = 1200) -> dict:
@@ -197,7 +212,17 @@ class Log:
         print(f"[{time.perf_counter() - self.t0:5.0f} s, load {os.getloadavg()[0]:4.1f}] {text}", flush=True)
 
 
-def run_size(log: Log, label: str, model: str | None, size: int, kv_types: list[str], args, work: Path) -> dict:
+def _median(runs: list[dict]) -> dict:
+    """The run with the median TTFT (an upper median for an even count), and every run's TTFT."""
+    runs = sorted(runs, key=lambda r: r["ttft_s"])
+    out = dict(runs[len(runs) // 2])
+    out["ttft_runs"] = [round(r["ttft_s"], 3) for r in runs]
+    out["wall_ttft_s"] = sorted(r["wall_ttft_s"] for r in runs)[len(runs) // 2]
+    return out
+
+
+def run_size(log: Log, label: str, model: str | None, size: int, kv_types: list[str], rounds: int, args,
+             work: Path) -> dict:
     row = {"model": label, "size": size}
     work_for = work / f"{label}-{size}"
     for kv in kv_types:
@@ -207,27 +232,37 @@ def run_size(log: Log, label: str, model: str | None, size: int, kv_types: list[
         prep = _run_worker("prepare", home, [model, size, args.n_ctx, args.threads])
         state_tokens = prep["prompt_tokens"] + prep["generated_tokens"]
         state_bytes = _states_bytes(home)
+        if (home / "states").exists():
+            shutil.copytree(home / "states", home / "states.saved")
         log(f"{label} {size}: read {prep['prompt_tokens']} tokens in {prep['ttft_s']:.1f} s; "
             f"state {state_bytes / 1e6:.1f} MB for {state_tokens} tokens (saved in {prep['flush_s']:.1f} s more)")
+        off = work_for / "off"
         if kv == kv_types[0]:
-            off = work_for / "off"
             off.mkdir(parents=True)
             for name in ("belle.db", "belle.db-wal", "belle.db-shm"):
                 if (home / name).exists():
                     shutil.copy2(home / name, off / name)
             _write_config(off, 0, kv)
-            log(f"{label} {size}: reopening with states off (re-read, {kv} KV) ...")
-            row["reread"] = _run_worker("measure", off, [model, prep["conversation_id"], args.n_ctx, args.threads])
-            row["reread"]["kv"] = kv
-            r = row["reread"]
-            log(f"{label} {size}: re-read {r['prompt_tokens']} tokens: TTFT {r['ttft_s']:.2f} s "
-                f"(wall {r['wall_ttft_s']:.2f} s), restored {r.get('restored_tokens', 'n/a')}")
-        log(f"{label} {size}: reopening with the saved state ({kv} KV) ...")
-        m = _run_worker("measure", home, [model, prep["conversation_id"], args.n_ctx, args.threads])
-        m.update(state_bytes=state_bytes, state_tokens=state_tokens, states_module=prep["states_module"])
-        row[kv] = m
-        log(f"{label} {size}: with state: TTFT {m['ttft_s']:.2f} s (wall {m['wall_ttft_s']:.2f} s), "
-            f"restored {m.get('restored_tokens', 'n/a')} of {m['prompt_tokens']} prompt tokens")
+        on_runs, off_runs = [], []
+        for i in range(rounds):
+            n = f" (round {i + 1}/{rounds})" if rounds > 1 else ""
+            if kv == kv_types[0]:  # alternate the two, so a busy spell on the machine hits both
+                log(f"{label} {size}: reopening with states off (re-read, {kv} KV){n} ...")
+                r = _run_worker("measure", off, [model, prep["conversation_id"], args.n_ctx, args.threads])
+                off_runs.append(r)
+                log(f"{label} {size}: re-read {r['prompt_tokens']} tokens: TTFT {r['ttft_s']:.2f} s "
+                    f"(wall {r['wall_ttft_s']:.2f} s), restored {r.get('restored_tokens', 'n/a')}")
+            if (home / "states.saved").exists():
+                _reset_states(home)
+            log(f"{label} {size}: reopening with the saved state ({kv} KV){n} ...")
+            m = _run_worker("measure", home, [model, prep["conversation_id"], args.n_ctx, args.threads])
+            on_runs.append(m)
+            log(f"{label} {size}: with state: TTFT {m['ttft_s']:.2f} s (wall {m['wall_ttft_s']:.2f} s), "
+                f"restored {m.get('restored_tokens', 'n/a')} of {m['prompt_tokens']} prompt tokens")
+        if off_runs:
+            row["reread"] = {**_median(off_runs), "kv": kv}
+        row[kv] = {**_median(on_runs), "state_bytes": state_bytes, "state_tokens": state_tokens,
+                   "states_module": prep["states_module"], "first_read_s": prep["ttft_s"]}
     if not args.keep:
         shutil.rmtree(work_for, ignore_errors=True)
     return row
@@ -240,18 +275,21 @@ def _restored_ok(m: dict) -> bool:
 
 def report(rows: list[dict], kv_types: list[str], args) -> bool:
     print()
-    print(f"n_ctx {args.n_ctx}, threads {args.threads or 'engine default'}, max_tokens 8, temperature 0; "
-          f"TTFT from the reply's start (wall: from send())")
-    head = f"{'model':<7}{'prompt':>7}{'re-read s':>11}"
+    print(f"n_ctx {args.n_ctx}, threads {args.threads or 'engine default'}, max_tokens 8, temperature 0; TTFT from "
+          f"the reply's start, median of the rounds (wall: from send()); ratio: state TTFT / re-read TTFT")
+    head = f"{'model':<7}{'prompt':>7}{'rounds':>7}{'re-read s':>11}"
     for kv in kv_types:
         head += f"{kv + ' state s':>14}{'restored':>10}{'ratio':>7}{'wall ratio':>11}"
     print(head)
     warnings = []
     for row in rows:
         r = row["reread"]
-        line = f"{row['model']:<7}{r['prompt_tokens']:>7}{r['ttft_s']:>11.2f}"
+        line = f"{row['model']:<7}{r['prompt_tokens']:>7}{len(r['ttft_runs']):>7}{r['ttft_s']:>11.2f}"
         for kv in kv_types:
-            m = row[kv]
+            m = row.get(kv)
+            if m is None:
+                line += f"{'-':>14}{'-':>10}{'-':>7}{'-':>11}"
+                continue
             restored = m.get("restored_tokens")
             line += (f"{m['ttft_s']:>14.2f}{'n/a' if restored is None else restored:>10}"
                      f"{m['ttft_s'] / r['ttft_s']:>7.3f}{m['wall_ttft_s'] / r['wall_ttft_s']:>11.3f}")
@@ -264,12 +302,20 @@ def report(rows: list[dict], kv_types: list[str], args) -> bool:
                                 f"{r['restored_tokens']} tokens: the baseline is not a re-read")
         print(line)
     print()
-    print(f"{'model':<7}{'KV':>6}{'tokens':>8}{'state MB':>10}{'MB per 1,000 tokens':>21}")
+    print("every round's TTFT (s), sorted:")
+    for row in rows:
+        for key in ("reread", *kv_types):
+            if key in row:
+                print(f"  {row['model']:<6}{row['size']:>5} {key:<7}{row[key]['ttft_runs']}")
+    print()
+    print(f"{'model':<7}{'KV':>6}{'tokens':>8}{'state MB':>10}{'MB per 1,000 tokens':>21}{'first read s':>14}")
     for row in rows:
         for kv in kv_types:
-            m = row[kv]
-            print(f"{row['model']:<7}{kv:>6}{m['state_tokens']:>8}{m['state_bytes'] / 1e6:>10.1f}"
-                  f"{m['state_bytes'] / 1e6 / m['state_tokens'] * 1000:>21.1f}")
+            m = row.get(kv)
+            if m is not None:
+                print(f"{row['model']:<7}{kv:>6}{m['state_tokens']:>8}{m['state_bytes'] / 1e6:>10.1f}"
+                      f"{m['state_bytes'] / 1e6 / m['state_tokens'] * 1000:>21.1f}{m['first_read_s']:>14.1f}")
+    print("(first read: the reply that built the state, a full read of the conversation with that KV type)")
     for w in warnings:
         print(w)
     print()
@@ -297,7 +343,12 @@ def main() -> int:
     ap.add_argument("--kv-types", default="f16,q8_0", help="KV cache types with states on; the first is the baseline's")
     ap.add_argument("--n-ctx", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=None, help="default: the engine's default")
+    ap.add_argument("--rounds", type=int, default=3, help="fresh-process measurements per setting, small model")
+    ap.add_argument("--rounds-7b", type=int, default=1, help="the same for the 7B (a re-read of 2,000 takes minutes)")
+    ap.add_argument("--all-kv-sizes", action="store_true",
+                    help="measure the KV types after the first at every size (default: at the largest only)")
     ap.add_argument("--keep", action="store_true", help="keep the BELLE_HOME folders (printed)")
+    ap.add_argument("--report-only", action="store_true", help="print the tables from bench-results/kv_state.json")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -306,8 +357,14 @@ def main() -> int:
         print(json.dumps(stats))
         return 0
 
-    sizes = [int(s) for s in args.sizes.split(",")]
+    out = ROOT / "bench-results" / "kv_state.json"
+    sizes = sorted((int(s) for s in args.sizes.split(",")), reverse=True)  # the target's size first
     kv_types = [k.strip() for k in args.kv_types.split(",") if k.strip()]
+    if args.report_only:
+        saved = json.loads(out.read_text())
+        args.n_ctx, args.threads = saved["n_ctx"], saved["threads"]
+        report(_in_order(saved["rows"]), saved["kv_types"], args)
+        return 0
     targets = []
     if args.models in ("small", "both"):
         os.environ["BELLE_MODELS_DIR"] = str(TEST_MODELS)
@@ -330,18 +387,25 @@ def main() -> int:
     rows = []
     try:
         for label, path in targets:
+            rounds = args.rounds_7b if label == "7b" else args.rounds
             for size in sizes:
-                rows.append(run_size(log, label, path, size, kv_types, args, work))
+                types = kv_types if args.all_kv_sizes or size == max(sizes) else kv_types[:1]
+                rows.append(run_size(log, label, path, size, types, rounds, args, work))
+                out.parent.mkdir(exist_ok=True)
+                out.write_text(json.dumps({"n_ctx": args.n_ctx, "threads": args.threads, "kv_types": kv_types,
+                                           "rows": rows}, indent=2))
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print(f"load average at the end: {os.getloadavg()[0]:.2f} (other work on the machine slows both columns)")
-    report(rows, kv_types, args)
-    out = ROOT / "bench-results" / "kv_state.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"n_ctx": args.n_ctx, "threads": args.threads, "rows": rows}, indent=2))
+    report(_in_order(rows), kv_types, args)
     print(f"wrote {out}")
     return 0
+
+
+def _in_order(rows: list[dict]) -> list[dict]:
+    models = list(dict.fromkeys(row["model"] for row in rows))
+    return sorted(rows, key=lambda row: (models.index(row["model"]), row["size"]))
 
 
 if __name__ == "__main__":
