@@ -106,6 +106,28 @@ def _flush_states() -> bool:
     return False
 
 
+class _StateLog:
+    """kv_state's own timing lines ("restored N tokens (M usable) in S s", "saved N tokens, B bytes
+    in S s"), kept instead of printed."""
+
+    def __init__(self):
+        import logging
+        import re
+
+        self.times = {}
+
+        class Handler(logging.Handler):
+            def emit(handler, record):
+                found = re.search(r"(restored|saved) .* in ([0-9.]+) s", record.getMessage())
+                if found:
+                    self.times[found[1] + "_s"] = float(found[2])
+
+        logger = logging.getLogger("belle.app.kv_state")
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+        logger.addHandler(Handler())
+
+
 def _open(model: str | None, n_ctx: int, threads: int | None):
     from belle.app import paths
     from belle.app.chat_store import ChatStore
@@ -135,6 +157,7 @@ def worker_prepare(model: str | None, size: int, n_ctx: int, threads: int | None
     from belle.app.session import ChatSession, ConversationSettings
     from belle.app.templates import ChatMessage
 
+    state_log = _StateLog()
     store, engines, engine = _open(model, n_ctx, threads)
     settings = ConversationSettings(sampling=Sampling(**GREEDY), n_ctx=n_ctx)
     conv = store.create_conversation("kv_state benchmark", model, "auto", "", settings.as_dict())
@@ -152,6 +175,7 @@ def worker_prepare(model: str | None, size: int, n_ctx: int, threads: int | None
     t = time.perf_counter()
     stats["states_module"] = _flush_states()
     stats["flush_s"] = time.perf_counter() - t
+    stats["state_write_s"] = state_log.times.get("saved_s")
     stats["conversation_id"] = conv.id
     stats["messages"] = len(history) + 2
     engines.close()
@@ -164,9 +188,11 @@ def worker_measure(model: str | None, conversation_id: int, n_ctx: int, threads:
     question and its reply back out, so the next round reopens the same conversation."""
     from belle.app.session import ChatSession
 
+    state_log = _StateLog()
     store, engines, _ = _open(model, n_ctx, threads)
     session = ChatSession.open(store, engines, conversation_id)
     stats = _send(session, QUESTION)
+    stats["state_load_s"] = state_log.times.get("restored_s")  # llama.cpp taking the state in (file read not included)
     _flush_states()  # the save this reply started: let it finish before the process ends
     session.undo()
     engines.close()
@@ -268,6 +294,10 @@ def run_size(log: Log, label: str, model: str | None, size: int, kv_types: list[
     return row
 
 
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
 def _restored_ok(m: dict) -> bool:
     restored = m.get("restored_tokens")
     return restored is not None and restored >= 0.9 * m["state_tokens"] - 16
@@ -308,14 +338,17 @@ def report(rows: list[dict], kv_types: list[str], args) -> bool:
             if key in row:
                 print(f"  {row['model']:<6}{row['size']:>5} {key:<7}{row[key]['ttft_runs']}")
     print()
-    print(f"{'model':<7}{'KV':>6}{'tokens':>8}{'state MB':>10}{'MB per 1,000 tokens':>21}{'first read s':>14}")
+    print(f"{'model':<7}{'KV':>6}{'tokens':>8}{'state MB':>10}{'MB per 1,000 tokens':>21}{'first read s':>14}"
+          f"{'state load s':>14}")
     for row in rows:
         for kv in kv_types:
             m = row.get(kv)
             if m is not None:
                 print(f"{row['model']:<7}{kv:>6}{m['state_tokens']:>8}{m['state_bytes'] / 1e6:>10.1f}"
-                      f"{m['state_bytes'] / 1e6 / m['state_tokens'] * 1000:>21.1f}{m['first_read_s']:>14.1f}")
-    print("(first read: the reply that built the state, a full read of the conversation with that KV type)")
+                      f"{m['state_bytes'] / 1e6 / m['state_tokens'] * 1000:>21.1f}{m['first_read_s']:>14.1f}"
+                      f"{_fmt(m.get('state_load_s')):>14}")
+    print("(first read: the reply that built the state, a full read of the conversation with that KV type; state load:\n"
+          " llama.cpp taking the saved state in, in the median round, as kv_state logs it, inside the state TTFT)")
     for w in warnings:
         print(w)
     print()
@@ -363,7 +396,7 @@ def main() -> int:
     if args.report_only:
         saved = json.loads(out.read_text())
         args.n_ctx, args.threads = saved["n_ctx"], saved["threads"]
-        report(_in_order(saved["rows"]), saved["kv_types"], args)
+        report(_in_order(saved["rows"]), saved.get("kv_types", ["f16", "q8_0"]), args)
         return 0
     targets = []
     if args.models in ("small", "both"):
