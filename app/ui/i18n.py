@@ -125,6 +125,11 @@ STRINGS: dict[str, dict[str, str]] = {
         "time_left": "{time} left",
         "hf_mirror": "Hugging Face mirror",
         "hf_mirror_hint": "e.g. https://hf-mirror.com (mainland China); empty: HF_ENDPOINT or huggingface.co",
+        "resumed": "resumed instantly: {tokens} tokens from the saved state",
+        "saved_states": "Saved conversation states: {count}, {size} on disk (budget {budget})",
+        "saved_states_hint": "Reopening a long chat reads its saved state instead of the whole history again.",
+        "clear_states": "Clear saved states",
+        "kv_state_budget_mb": "Disk for saved states (MB, 0: off)",
     },
     "zh": {
         "app_title": "Belle",
@@ -244,6 +249,11 @@ STRINGS: dict[str, dict[str, str]] = {
         "time_left": "剩余 {time}",
         "hf_mirror": "Hugging Face 镜像",
         "hf_mirror_hint": "例如 https://hf-mirror.com（中国大陆）；留空：使用 HF_ENDPOINT 或 huggingface.co",
+        "resumed": "已瞬间恢复：{tokens} 个词元来自保存的状态",
+        "saved_states": "已保存的对话状态：{count} 个，占用 {size}（上限 {budget}）",
+        "saved_states_hint": "重新打开长对话时读取保存的状态，而不必重新读取全部历史。",
+        "clear_states": "清除保存的状态",
+        "kv_state_budget_mb": "对话状态的磁盘上限（MB，0 为关闭）",
     },
 }
 

@@ -61,6 +61,8 @@ def stats_line(stats: dict | None, t) -> str:
              tokens=stats.get("generated_tokens", 0))
     if stats.get("stop_reason") == "cancelled":
         line += " · " + t("stopped")
+    if stats.get("restored_tokens"):  # the history came from the conversation's saved state (kv_state.py)
+        line += " · " + t("resumed", tokens=f"{stats['restored_tokens']:,}")
     return line
 
 

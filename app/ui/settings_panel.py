@@ -1,14 +1,16 @@
 """Settings of the open conversation (system prompt, template, sampling, context size; saved with
-the conversation) and of the app (language, theme, the Hugging Face mirror; saved in config.json),
-in one dialog."""
+the conversation) and of the app (language, theme, the Hugging Face mirror, the disk kept for saved
+conversation states; saved in config.json), in one dialog, which also shows the states' disk use
+with a button that clears them."""
 
 from collections.abc import Callable
 
 import flet as ft
 
-from .. import hub, paths
+from .. import hub, kv_state, paths
 from ..config import AppConfig, save_config
 from ..errors import BelleError
+from ..gguf_info import human_bytes
 from ..template_data import TEMPLATE_NAMES
 from .i18n import LANGUAGES
 from .state import ChatState, error_text, parse_setting
@@ -39,6 +41,9 @@ class SettingsPanel:
             ft.DropdownOption(k, t(f"theme_{k}")) for k in ("system", "light", "dark")])
         self.mirror = ft.TextField(label=t("hf_mirror"), value=self.config.hf_mirror or "", dense=True,
                                    helper=t("hf_mirror_hint"), helper_max_lines=3, keyboard_type=ft.KeyboardType.URL)
+        self.budget = ft.TextField(label=t("kv_state_budget_mb"), value=str(self.config.kv_state_budget_mb),
+                                   **{**number, "width": 280})
+        self.states = ft.Text(self._states_line(), size=12)
         self.error = ft.Text("", color=ft.Colors.ERROR, visible=False)
         self.app_error = ft.Text("", color=ft.Colors.ERROR, visible=False)
         content = ft.Column([
@@ -47,7 +52,9 @@ class SettingsPanel:
             self.error,  # next to the fields it is about
             ft.Divider(),
             ft.Text(t("app_settings"), weight=ft.FontWeight.BOLD), ft.Row([self.language, self.theme], wrap=True),
-            self.mirror, self.app_error,
+            self.mirror, self.budget, self.app_error,
+            self.states, ft.Text(t("saved_states_hint"), size=12),
+            ft.OutlinedButton(t("clear_states"), on_click=self.clear_states),
             ft.Text(t("data_folder"), size=12), ft.Text(str(paths.home()), size=12, selectable=True)], tight=True, scroll=ft.ScrollMode.AUTO, spacing=10)
         self.page.show_dialog(ft.AlertDialog(
             title=ft.Text(t("settings")), content=ft.Container(content, width=560),
@@ -58,6 +65,7 @@ class SettingsPanel:
         session = self.state.ensure_session()
         try:
             mirror = self._mirror()
+            budget = parse_setting("kv_state_budget_mb", self.budget.value or "")
         except BelleError as err:
             self._show(self.app_error, error_text(err, self.t))
             return
@@ -79,11 +87,26 @@ class SettingsPanel:
         self.config.language = self.language.value or None
         self.config.theme = self.theme.value or "system"
         self.config.hf_mirror = mirror
+        self.config.kv_state_budget_mb = budget
         save_config(self.config)
+        # the loaded model keeps its budget until it is loaded again: give it the new one now
+        self.state.engines.state_budget_mb = budget
+        if self.state.engines.engine is not None:
+            self.state.engines.engine.state_budget_bytes = budget * 1_000_000
         self.page.pop_dialog()
         self.state._set_branch()
         if app_changed:
             self.on_app_change()
+
+    def _states_line(self) -> str:
+        used = kv_state.disk_used()
+        return self.t("saved_states", count=used.count, size=human_bytes(used.total_bytes),
+                      budget=human_bytes(self.config.kv_state_budget_mb * 1_000_000))
+
+    def clear_states(self, e=None) -> None:
+        kv_state.clear()
+        self.states.value = self._states_line()
+        self.page.update()
 
     def _mirror(self) -> str | None:
         """The mirror as hub.endpoint() will use it (no trailing slash), None when the field is

@@ -103,12 +103,14 @@ SETTING_LIMITS: dict[str, tuple[type, float, float]] = {
     "max_tokens": (int, *SAMPLING_LIMITS["max_tokens"]),
     "n_ctx": (int, MIN_N_CTX, MAX_N_CTX),
 }
+# App settings (config.json) typed into the same dialog, checked the same way
+APP_SETTING_LIMITS: dict[str, tuple[type, float, float]] = {"kv_state_budget_mb": (int, 0, 1 << 20)}
 
 
 def parse_setting(name: str, text: str) -> int | float:
     """The number typed into a settings field, or UIError(setting_whole | setting_number) naming
     the field (`field` value: the i18n key of its label, which is the setting's name)."""
-    kind, lo, hi = SETTING_LIMITS[name]
+    kind, lo, hi = SETTING_LIMITS.get(name) or APP_SETTING_LIMITS[name]
     key = "setting_whole" if kind is int else "setting_number"
     try:
         value = kind(str(text).strip())
