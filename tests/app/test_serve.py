@@ -414,6 +414,6 @@ def test_ctrl_c_stops_the_server_during_a_reply(default_model_path, tmp_path):
     finally:
         srv.stop()
     assert rc == 130 and took < 10, (rc, took, srv.log())
-    assert outcome["ended"] == "the server is shutting down"
+    assert outcome["ended"] == "the server is shutting down", srv.log()
     ended = re.search(r"chatcmpl-\w+: (\w+) after (\d+) tokens", srv.log())
     assert ended and ended.group(1) == "cancelled" and int(ended.group(2)) < 400, srv.log()
