@@ -19,6 +19,7 @@ read its whole history again (a 7B model on a laptop CPU reads ~16 tokens/s: 2 m
 """
 
 import ctypes
+import itertools
 import json
 import logging
 import os
@@ -85,19 +86,27 @@ def read_header(path: Path) -> tuple[dict, int] | None:
     """(header, payload offset), or None when the file is missing or not one of ours."""
     try:
         with open(path, "rb") as fh:
-            if fh.read(len(MAGIC)) != MAGIC:
-                log.warning("%s: not a saved state (bad magic); ignoring it", path)
-                return None
-            line = fh.readline(MAX_HEADER)
-            header = json.loads(line)
-            if not isinstance(header, dict):
-                raise ValueError("header is not an object")
-            return header, len(MAGIC) + len(line)
+            return _read_header(fh, path)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as err:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+    except OSError as err:
+        log.warning("%s: unreadable saved state (%s); reading the conversation again", path, paths.os_reason(err))
+        return None
+
+
+def _read_header(fh, path: Path) -> tuple[dict, int] | None:
+    if fh.read(len(MAGIC)) != MAGIC:
+        log.warning("%s: not a saved state (bad magic); ignoring it", path)
+        return None
+    line = fh.readline(MAX_HEADER)
+    try:
+        header = json.loads(line)
+        if not isinstance(header, dict):
+            raise ValueError("header is not an object")
+    except ValueError as err:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
         log.warning("%s: unreadable saved state (%s); reading the conversation again", path, err)
         return None
+    return header, len(MAGIC) + len(line)
 
 
 def _mismatch(header: dict, want: dict) -> str | None:
@@ -107,20 +116,16 @@ def _mismatch(header: dict, want: dict) -> str | None:
     return None
 
 
-def _load_payload(path: Path, offset: int, header: dict) -> ctypes.Array | None:
+def _load_payload(fh, path: Path, header: dict) -> ctypes.Array | None:
+    """The payload that follows the header in `fh` (the same open file: a save by another process
+    may replace the path in between), checked for size and crc32."""
     size = header.get("payload_size")
     if not isinstance(size, int) or size <= 0:
         log.warning("%s: saved state has no payload size; reading the conversation again", path)
         return None
     buf = (ctypes.c_uint8 * size)()
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            got = fh.readinto(memoryview(buf).cast("B"))
-            extra = fh.read(1)
-    except OSError as err:
-        log.warning("%s: cannot read saved state (%s); reading the conversation again", path, paths.os_reason(err))
-        return None
+    got = fh.readinto(memoryview(buf).cast("B"))
+    extra = fh.read(1)
     if got != size or extra:
         log.warning("%s: saved state is truncated or too long (%d of %d payload bytes); reading the conversation "
                     "again", path, got, size)
@@ -135,14 +140,25 @@ def restore(engine, where: Path, conversation: int, template: str, tokens: list[
     """Called under engine.lock before the prompt is read. Loads the conversation's saved state
     into seq 0 when it matches this engine and shares a longer prefix with `tokens` than what is in
     the KV now. Returns how many prompt tokens it provides (0: nothing restored)."""
+    path = state_path(where, conversation)
+    try:
+        with open(path, "rb") as fh:
+            return _restore_from(engine, fh, path, conversation, template, tokens)
+    except FileNotFoundError:
+        return 0
+    except OSError as err:
+        log.warning("%s: cannot read saved state (%s); reading the conversation again", path, paths.os_reason(err))
+        return 0
+
+
+def _restore_from(engine, fh, path: Path, conversation: int, template: str, tokens: list[int]) -> int:
     from .engine import _common_prefix
     import llama_cpp
 
-    path = state_path(where, conversation)
-    found = read_header(path)
+    found = _read_header(fh, path)
     if found is None:
         return 0
-    header, offset = found
+    header = found[0]
     why = _mismatch(header, identity(engine, template))
     if why is None and header.get("conversation") != conversation:
         why = f"conversation {header.get('conversation')!r} != {conversation}"
@@ -160,7 +176,7 @@ def restore(engine, where: Path, conversation: int, template: str, tokens: list[
     if len(saved) > len(llm.input_ids):
         log.info("%s: saved state holds more tokens than the context; reading the conversation again", path)
         return 0
-    payload = _load_payload(path, offset, header)
+    payload = _load_payload(fh, path, header)
     if payload is None:
         return 0
     t0 = time.perf_counter()
@@ -182,12 +198,11 @@ def restore(engine, where: Path, conversation: int, template: str, tokens: list[
 
 # snapshots and writing
 
-_seq = 0
+_seq = itertools.count(1)  # next() on a count is atomic: engines snapshot under their own locks
 
 
 def snapshot(engine) -> Snapshot | None:
     """Copy what the engine's KV holds now. The caller holds engine.lock."""
-    global _seq
     import llama_cpp
 
     llm = engine.llm
@@ -202,10 +217,9 @@ def snapshot(engine) -> Snapshot | None:
     if llama_cpp.llama_state_seq_get_data(llm._ctx.ctx, payload, size, 0) != size:
         log.warning("llama.cpp could not copy the KV state of conversation %s; not saved", engine.owner)
         return None
-    _seq += 1
     header = {**identity(engine, engine.owner_template), "conversation": engine.owner,
               "n_tokens": n, "tokens": llm.input_ids[:n].tolist()}
-    return Snapshot(engine.owner, header, payload, _seq)
+    return Snapshot(engine.owner, header, payload, next(_seq))
 
 
 _write_lock = threading.Lock()
