@@ -28,7 +28,10 @@ re-reading, at 2,000 tokens, on both models. The full run takes about 15 minutes
 2-core machine, almost all of it the 7B model reading conversations; figures are written to
 bench-results/kv_state.json after every size, so an interrupted run keeps what it measured. Sizes
 run largest first. Other work on the machine slows llama.cpp's threads a lot (they wait for each
-other at every matrix): the load average is printed with every line, and every round's figure.
+other at every matrix): the load average is printed with every line, and every round's figure. On
+a busy machine pass --threads 1: on the 2-core machine at a load average of ~6 (other test runs),
+2 threads read a prompt at a quarter of 1 thread's speed (12-14 vs 29-48 tok/s on the default model),
+and the default-threads run read 2,000 tokens of the default model in 260 s instead of ~12 s idle.
 """
 
 import argparse
