@@ -74,7 +74,8 @@ class BelleApp:
         actions = MessageActions(copy=self.copy, edit=self.edit, regenerate=self.regenerate, switch=self.switch,
                                  continue_reply=self.continue_reply)
         self.chat = ChatView(self.state, t, actions, self.header_actions(), on_menu=self.open_drawer)
-        self.models = ModelPanel(page, self.state, t, on_loaded=lambda: self._on_state(events.STATUS))
+        self.models = ModelPanel(page, self.state, t, on_loaded=lambda: self._on_state(events.STATUS),
+                                 on_listed=self._hide_offer_once_a_model_is_here)
         self.settings = SettingsPanel(page, self.state, self.config, t, on_app_change=self.rebuild)
         self.chat.dark = theme.is_dark(page, self.config.theme)
         page.on_platform_brightness_change = self.on_brightness
@@ -138,6 +139,16 @@ class BelleApp:
             self.offered = True
             self.show_offer(entry)
 
+    def _hide_offer_once_a_model_is_here(self) -> None:
+        """The offer's banner (the only banner a tap acts on) goes once any model is here, however
+        it came: the panel's own download or import, not only the offer's Download."""
+        chat = self.chat
+        if chat.banner.visible and chat.banner.on_click is not None and first_run.starter_offer(
+                self.config.default_model) is None:
+            chat.banner.visible = False
+            chat.banner.on_click = None
+            chat.banner.update()
+
     def show_offer(self, entry) -> None:
         t, short = self.t, downloads.short_bytes
         text = t("starter_text", name=entry.name, size=short(entry.size or 0),
@@ -166,6 +177,7 @@ class BelleApp:
             save_config(self.config)
             self.state.default_model = model_id
         self.chat.banner.visible = False
+        self.chat.banner.on_click = None
         self.page.update()
 
     def sidebar_footer(self) -> list[ft.Control]:

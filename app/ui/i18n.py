@@ -55,7 +55,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "use": "Use",
         "in_use": "In use",
         "import_gguf": "Import GGUF…",
-        "import_path": "Path of a .gguf file on this computer",
+        "import_path": "Path of a .gguf file on this device",
         "import": "Import",
         "imported": "Imported {name}",
         "free_ram": "Free memory: {free}",

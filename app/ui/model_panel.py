@@ -44,8 +44,11 @@ def _field_and_button(field: ft.TextField, button: ft.Control) -> ft.Control:
 
 
 class ModelPanel:
-    def __init__(self, page: ft.Page, state: ChatState, t, on_loaded: Callable[[], None]):
-        self.page, self.state, self.t, self.on_loaded = page, state, t, on_loaded
+    def __init__(self, page: ft.Page, state: ChatState, t, on_loaded: Callable[[], None],
+                 on_listed: Callable[[], None] = lambda: None):
+        """`on_loaded`: a model was switched to and loaded; `on_listed`: the list was drawn again
+        (after a download, an import or a removal), for what depends on which models are here."""
+        self.page, self.state, self.t, self.on_loaded, self.on_listed = page, state, t, on_loaded, on_listed
         self.picker = ft.FilePicker(on_upload=self._on_upload)
         self.uploading: dict[str, Path] = {}  # picked file name -> where its upload lands
         self.open_cards: set[str] = set()  # ids of the rows whose model card is shown
@@ -98,6 +101,7 @@ class ModelPanel:
                 controls.append(ft.Text(t(kind), weight=ft.FontWeight.BOLD))
             controls.append(self._row(row, current))
         self.rows.controls = controls
+        self.on_listed()
         self.rows.height = self._list_height(len(controls) - len(rows), len(rows))
 
     def _list_height(self, headings: int, rows: int) -> int:

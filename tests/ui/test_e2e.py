@@ -225,7 +225,7 @@ def test_bad_gguf_in_model_panel_shows_error(app_page, output_dir, tmp_path):
     button(page, "Models").click()
     wait_until(lambda: "SmolLM2" in texts(page) and "fits" in texts(page), 20, "the model list with RAM badges")
     page.screenshot(path=output_dir / "model_panel.png")
-    field = page.locator('input[aria-label="Path of a .gguf file on this computer"]')
+    field = page.locator('input[aria-label="Path of a .gguf file on this device"]')
     type_into(field, str(bad))
     page.get_by_role("button", name="Import", exact=True).click()
     wait_until(lambda: "corrupt GGUF header" in texts(page), 20, "the error message")

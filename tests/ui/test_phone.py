@@ -11,7 +11,7 @@ import pytest
 from belle.app import paths
 from belle.app.chat_store import ChatStore
 
-from .browser import UIServer, button, open_app, text_box, texts, tile
+from .browser import UIServer, button, open_app, text_box, texts, tile, type_into
 from .test_downloads import NO_PROXY, dead_endpoint
 from .test_e2e import chat_settings, last_reply, send, visible, wait_reply_done, wait_until
 
@@ -65,7 +65,7 @@ def open_drawer(page) -> None:
     page.wait_for_timeout(500)  # the drawer slides in
 
 
-def test_first_start_offers_a_model_and_downloads_only_when_asked(phone, output_dir):
+def test_first_start_offers_a_model_and_downloads_only_when_asked(phone, default_model_path, output_dir):
     page = phone(env={"HF_ENDPOINT": dead_endpoint(), **NO_PROXY})
     data = phone.data
     wait_until(lambda: OFFER in texts(page), 20, "the offer of a model")
@@ -97,8 +97,13 @@ def test_first_start_offers_a_model_and_downloads_only_when_asked(phone, output_
     page.wait_for_timeout(500)
     page.screenshot(path=output_dir / "download_unreachable.png")
     assert not list((data / "models").glob("*.gguf")) if (data / "models").exists() else True
+    # a model that comes another way (here imported from a path) ends the offer: the banner goes
+    type_into(page.locator('input[aria-label="Path of a .gguf file on this device"]'), str(default_model_path))
+    page.get_by_role("button", name="Import", exact=True).click()
+    wait_until(lambda: (data / "models" / default_model_path.name).exists(), 60, "the imported model")
     page.get_by_role("button", name="Close", exact=True).click()
     wait_until(lambda: "Ask anything" in texts(page), 10, "the chat again")
+    wait_until(lambda: NO_MODEL not in texts(page), 10, "the no-model banner to go")
 
 
 def test_phone_chat_drawer_and_model_panel(phone, default_model_path, output_dir):
