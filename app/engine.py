@@ -19,8 +19,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 
-from .errors import BelleError, ContextOverflowError, ModelFileError, SettingsError
 from . import kv_state
+from .errors import BelleError, ContextOverflowError, ModelFileError, SettingsError
 from .gguf_info import KNOWN_ARCHITECTURES, ModelInfo, read_model_info
 from .templates import ChatMessage, ChatTemplate, Piece, make_template, pick_template_name
 

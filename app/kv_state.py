@@ -123,6 +123,11 @@ def _load_payload(fh, path: Path, header: dict) -> ctypes.Array | None:
     if not isinstance(size, int) or size <= 0:
         log.warning("%s: saved state has no payload size; reading the conversation again", path)
         return None
+    left = os.fstat(fh.fileno()).st_size - fh.tell()
+    if left != size:  # checked before allocating: a damaged size field could ask for any amount
+        log.warning("%s: saved state is truncated or too long (%d of %d payload bytes); reading the conversation "
+                    "again", path, left, size)
+        return None
     buf = (ctypes.c_uint8 * size)()
     got = fh.readinto(memoryview(buf).cast("B"))
     extra = fh.read(1)
@@ -148,7 +153,12 @@ def restore(engine, where: Path, conversation: int, template: str, tokens: list[
         return 0
     except OSError as err:
         log.warning("%s: cannot read saved state (%s); reading the conversation again", path, paths.os_reason(err))
-        return 0
+        return 0  # read before the KV was touched
+    except Exception:  # a restore is an optimisation: whatever went wrong, the reply reads the prompt instead
+        log.exception("%s: restoring the saved state failed; reading the conversation again", path)
+    engine.llm._ctx.kv_cache_clear()  # the KV may hold part of the state: start from nothing
+    engine.llm.n_tokens = 0
+    return 0
 
 
 def _restore_from(engine, fh, path: Path, conversation: int, template: str, tokens: list[int]) -> int:

@@ -290,12 +290,13 @@ def test_bad_kv_settings_are_one_line_errors(default_model_path, belle_home):
         Engine.load(default_model_path, LoadSettings(n_ctx=256, kv_type="q4_0"))
 
 
-def test_a_restore_loses_nothing(default_model_path, tmp_path):
+def test_a_restore_loses_nothing(default_model_path, tmp_path, caplog):
     """The KV after a restore, copied again, is byte for byte the saved payload."""
     store, conv = _saved_conversation(default_model_path, tmp_path, "Name a fruit.")
     store.close()
     state = kv_state.state_path(kv_state.folder(), conv)
     header, offset = kv_state.read_header(state)
+    good = state.read_bytes()
     engines = EngineCache(n_threads=2, kv_type="f16", state_budget_mb=100)
     try:
         engine = engines.get(str(default_model_path), 512, "auto")
@@ -303,8 +304,14 @@ def test_a_restore_loses_nothing(default_model_path, tmp_path):
             restored = kv_state.restore(engine, kv_state.folder(), conv, engine.template.name, header["tokens"] + [1])
             engine.owner = conv
             snap = kv_state.snapshot(engine)
+            # a header that asks for an impossible payload: logged, the KV emptied, never raised
+            huge = {**header, "payload_size": 1 << 62}
+            state.write_bytes(kv_state.MAGIC + json.dumps(huge).encode() + b"\n" + bytes(snap.payload))
+            engine.llm.n_tokens = 0
+            assert kv_state.restore(engine, kv_state.folder(), conv, engine.template.name, header["tokens"]) == 0
+            assert engine.llm.n_tokens == 0 and "truncated or too long" in caplog.text
     finally:
         engines.close()
     assert restored == header["n_tokens"] > 10
     assert snap.header["tokens"] == header["tokens"]
-    assert bytes(snap.payload) == state.read_bytes()[offset:]
+    assert bytes(snap.payload) == good[offset:]
