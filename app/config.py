@@ -21,9 +21,10 @@ class AppConfig:
     # https://github.com/flet-dev/flet/releases/download (belle adds /vVERSION/FILE). None: GitHub,
     # or FLET_CLIENT_URL (the whole archive URL) when set.
     flet_client_url: str | None = None
-    # Saved conversation states (kv_state.py): disk budget in MB, least recently used dropped
-    # first; 0 turns saving and restoring off.
-    kv_state_budget_mb: int = 2048
+    # Saved conversation states (kv_state.py): disk budget in MB (10^6 bytes, as shown), least
+    # recently used dropped first; 0 turns saving and restoring off. 2 GB holds ~40 states of a
+    # 2,000-token chat on the default model, or ~2 of a 7B's (~0.5 GB per 1,000 tokens in f16).
+    kv_state_budget_mb: int = 2000
     # llama.cpp's KV cache type when a model is loaded: "f16", or "q8_0" (half the memory and half
     # the saved state size; turns on flash attention, which llama.cpp needs for it).
     kv_cache_type: str = "f16"

@@ -113,13 +113,18 @@ class EngineCache:
                 settings = LoadSettings(n_ctx=n_ctx, n_threads=self.n_threads, n_gpu_layers=self.n_gpu_layers,
                                         template=template, kv_type=self.kv_type)
                 self.engine = Engine.load(path, settings, entry.template if entry else None)
-                # MB of 10^6 bytes, as `belle models states` shows them
-                self.engine.state_budget_bytes = self.state_budget_mb * 1_000_000
+                self.set_state_budget(self.state_budget_mb)
                 self._key = key
             elif (template or "auto") != (self.engine.settings.template or "auto"):
                 self.engine.set_template(template)
                 self.engine.settings.template = template
             return self.engine
+
+    def set_state_budget(self, mb: int) -> None:
+        """The saved states' disk budget, for the loaded model too (the settings dialog changes it)."""
+        self.state_budget_mb = mb
+        if self.engine is not None:
+            self.engine.state_budget_bytes = mb * 1_000_000  # MB of 10^6 bytes, as `belle models states` shows them
 
     def close(self) -> None:
         if self.engine is not None:

@@ -89,10 +89,7 @@ class SettingsPanel:
         self.config.hf_mirror = mirror
         self.config.kv_state_budget_mb = budget
         save_config(self.config)
-        # the loaded model keeps its budget until it is loaded again: give it the new one now
-        self.state.engines.state_budget_mb = budget
-        if self.state.engines.engine is not None:
-            self.state.engines.engine.state_budget_bytes = budget * 1_000_000
+        self.state.engines.set_state_budget(budget)
         self.page.pop_dialog()
         self.state._set_branch()
         if app_changed:
