@@ -1,6 +1,7 @@
 """Saved conversation states (app/kv_state.py) on the real default model: a new process resumes a
-conversation from its state with the same greedy answer as one that reads it all again; anything
-that changed, and any damaged file, falls back to reading it again."""
+conversation from its state and gives the greedy answers of one process that never stopped (not
+always those of a fresh read: see the first test); anything that changed, and any damaged file,
+falls back to reading it again."""
 
 import ctypes
 import json
