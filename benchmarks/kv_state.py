@@ -25,7 +25,8 @@ default. TTFT is the reply's `ttft_s` (from the reply's start to its first token
 is not in it); "wall" adds what `ChatSession.send` did before the reply started and the store
 writes after it, as measured around the turn. Target: TTFT with the state <= 0.2 x TTFT
 re-reading, at 2,000 tokens, on both models. The full run takes about 15 minutes on an idle
-2-core machine, almost all of it the 7B model reading conversations; figures are written to
+2-core machine, almost all of it the 7B model reading conversations (58 minutes with --threads 1
+at a load average of 3-6 from other test runs, the 7B reading ~3.4 tok/s); figures are written to
 bench-results/kv_state.json after every size, so an interrupted run keeps what it measured. Sizes
 run largest first. Other work on the machine slows llama.cpp's threads a lot (they wait for each
 other at every matrix): the load average is printed with every line, and every round's figure. On
