@@ -22,7 +22,8 @@ def test_streams_pieces_and_reports_stats(engine):
     s = reply.stats
     assert s.prompt_tokens > 10 and s.generated_tokens > 3
     assert s.stop_reason in ("eos", "length")
-    assert 0 < s.ttft_s < 10 and s.decode_tok_s > 1
+    # times are only checked for sense: speed is the benchmarks' job (a loaded machine once took 11 s)
+    assert 0 < s.ttft_s <= s.total_s and s.decode_tok_s > 0
 
 
 def test_greedy_is_deterministic_and_max_tokens_is_respected(engine):

@@ -87,7 +87,7 @@ def test_a_new_process_resumes_and_answers_as_if_it_had_never_stopped(default_mo
     assert resumed["answer"]
 
     r = run_belle("models", "states", env={"BELLE_HOME": str(belle_home)})
-    assert r.returncode == 0 and r.stdout.startswith("saved states: 1 (") and "budget 2,048 MB" in r.stdout, r.stdout
+    assert r.returncode == 0 and r.stdout.startswith("saved states: 1 (") and "budget 2,000 MB" in r.stdout, r.stdout
     r = run_belle("models", "states", "--clear", env={"BELLE_HOME": str(belle_home)})
     assert r.returncode == 0 and r.stdout.startswith("deleted 1 saved state ("), r.stdout
     assert not state.exists()
